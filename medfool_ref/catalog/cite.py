@@ -33,7 +33,21 @@ def public_entry(entry: Entry) -> Entry:
 
 
 def bibtex_of(entries: dict[str, Entry]) -> str:
-    return BibliographyData(entries=entries).to_string("bibtex")
+    """Serialise entries as BibTeX, keeping field values exactly as written in bib/.
+
+    pybtex's own writer re-escapes values (a DOI's ``_`` becomes ``\\_``, and again on every
+    round trip), so values are written back verbatim inside braces instead.
+    """
+    chunks = []
+    for key, entry in entries.items():
+        lines = [f"@{entry.type}{{{key},"]
+        for role, people in entry.persons.items():
+            lines.append(f"  {role} = {{{' and '.join(str(p) for p in people)}}},")
+        for name, value in entry.fields.items():
+            lines.append(f"  {name} = {{{value}}},")
+        lines.append("}")
+        chunks.append("\n".join(lines))
+    return "\n\n".join(chunks) + "\n"
 
 
 def latex_to_text(value: str) -> str:

@@ -53,6 +53,7 @@ class Catalog:
     risk_model: RiskModel | None = None
     bib: Bibliography = field(default_factory=Bibliography)
     sources: dict[str, Source] = field(default_factory=dict)  # entry id -> where it was read
+    broken: set[str] = field(default_factory=set)  # ids of files that failed to validate
 
     @property
     def version(self) -> str:
@@ -166,6 +167,7 @@ def _read_all(root: Path, problems: list[Diagnostic]) -> Catalog | None:
                 continue
             got = _read_entry(path, rel, model, problems)
             if got is None:
+                catalog.broken.add(path.stem)
                 continue
             obj, source = got
             entry_id = obj.id  # type: ignore[attr-defined]
@@ -200,6 +202,8 @@ class _Checker:
 
     def ref(self, entry_id: str, loc: FieldPath, target: str, table: dict[str, Any], kind: str) -> None:
         if target not in table:
+            if target in self.c.broken:
+                return  # its own file's errors are reported; do not repeat them here
             known = self.c.kind_of(target)
             extra = f" (it is a {known})" if known else ""
             self.report(entry_id, loc, f"unknown {kind} {target!r}{extra}")
@@ -285,6 +289,8 @@ class _Checker:
             if (t.row, t.column) in seen:
                 self.report(p.id, ("survey", "table1", i), "the same Table 1 cell is listed twice")
             seen.add((t.row, t.column))
+        if any(a in self.c.broken for a in [*p.proposes, *p.analyses, *(d.attack for d in p.demonstrates)]):
+            return
         derived = derived_placements(self.c, p)
         if seen != derived and not p.survey.note:
             want = ", ".join(sorted(f"{r}/{col}" for r, col in derived)) or "none"
@@ -333,6 +339,8 @@ class _Checker:
     def risk(self) -> None:
         rm = self.c.risk_model
         if rm is None:
+            if any((self.c.root / "catalog" / "risk-model").glob("*.yaml")):
+                return  # the file exists but has errors, reported already
             self.problems.append(Diagnostic("catalog/risk-model", None, "", "no risk model: exactly one file is expected"))
             return
         c = self.c

@@ -1,0 +1,36 @@
+# The two set-up commands of the README:
+#   make serve   build the site from the catalog (with reference results) and serve it at http://127.0.0.1:8000/
+#   make test    run the test suite (installs Debian's chromium for the browser test if it is missing)
+# Both create .venv/ and install medfool into it on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ADDR ?= 127.0.0.1:8000
+
+.PHONY: serve build test validate chromium clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/medfool site --serve --addr $(ADDR)
+
+build: $(VENV)/.installed
+	$(VENV)/bin/medfool site --out site
+
+validate: $(VENV)/.installed
+	$(VENV)/bin/medfool validate
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium for the browser test"; apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: $(VENV)/.installed chromium
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) site test-artifacts .pytest_cache
