@@ -16,7 +16,7 @@ SITE_SECTIONS = {"attack": "attacks", "paper": "papers", "domain": "domains", "d
 
 def site_path(kind: str, entry_id: str) -> str:
     """Path of the entry's page in the built site."""
-    return f"{SITE_SECTIONS[kind]}/{entry_id}/"
+    return f"{SITE_SECTIONS[kind]}/{entry_id}.html"
 
 
 def paper_links(catalog: Catalog, paper_id: str) -> list[str]:
