@@ -1,0 +1,190 @@
+"""The built documentation site: pages, Table 1, links, BibTeX blocks, self-containment, escaping."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from pybtex.database import parse_string
+
+from medfool_ref.catalog import load_catalog
+from medfool_ref.catalog.derive import table1
+from sitebuild import build, copy_project, read
+
+SECTIONS = {"attack": "attacks", "paper": "papers", "domain": "domains", "defence": "defences", "dataset": "datasets"}
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def test_every_entry_has_a_page(built_site: Path, catalog) -> None:
+    for kind, table in catalog.tables().items():
+        for entry_id in table:
+            assert (built_site / SECTIONS[kind] / f"{entry_id}.html").is_file(), (kind, entry_id)
+    for page in ("index", "table1", "routes", "risk-model", "cite", "contributing"):
+        assert (built_site / f"{page}.html").is_file()
+
+
+@pytest.mark.parametrize("scope", ["seed", "all"])
+def test_table1_rows_and_links_equal_the_catalog(built_site: Path, catalog, scope: str) -> None:
+    page = read(built_site / "table1.html")
+    rows = [r for r in page.tables[f"table1-{scope}"] if r]
+    expected = table1(catalog, scope).rows
+    assert len(rows) == len(expected)
+    for row, want in zip(rows, expected):
+        _, general, medical = row
+        assert [h for h, _ in general] == [f"papers/{p}.html" for p in want.general]
+        assert [h for h, _ in medical] == [f"papers/{p}.html" for p in want.medical]
+        for (_, text), pid in zip(general + medical, want.general + want.medical):
+            assert pid in text
+
+
+def test_paper_bibtex_block_parses(built_site: Path, catalog) -> None:
+    for pid in ("su2019one", "kugler2018exploring", "mihajlovic2018fooling"):
+        page = read(built_site / "papers" / f"{pid}.html")
+        blocks = [b for b in page.code_blocks if b.lstrip().startswith("@")]
+        assert len(blocks) == 1, pid
+        data = parse_string(blocks[0], "bibtex")
+        assert list(data.entries) == [catalog.papers[pid].bibkey]
+        assert "x-confidence" not in blocks[0]
+
+
+def _html_files(site: Path) -> list[Path]:
+    return sorted(p for p in site.rglob("*.html"))
+
+
+def test_every_internal_link_resolves(built_site: Path) -> None:
+    broken = []
+    ids_cache: dict[Path, set[str]] = {}
+    for path in _html_files(built_site):
+        page = read(path)
+        for link in page.links + page.resources:
+            parts = urlsplit(link)
+            if parts.scheme in ("http", "https", "mailto"):
+                continue
+            assert parts.scheme == "", f"{path}: unexpected link scheme {link!r}"
+            base = built_site if parts.path.startswith("/") else path.parent
+            target = (base / unquote(parts.path).lstrip("/")).resolve() if parts.path else path
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{path.relative_to(built_site)} -> {link}")
+                continue
+            if parts.fragment and target.suffix == ".html" and not parts.fragment.startswith("__"):
+                ids = ids_cache.setdefault(target, read(target).ids)
+                if parts.fragment not in ids:
+                    broken.append(f"{path.relative_to(built_site)} -> {link} (no such anchor)")
+    assert broken == []
+
+
+def test_site_is_self_contained(built_site: Path) -> None:
+    for path in _html_files(built_site):
+        page = read(path)
+        for res in page.resources:
+            assert not re.match(r"^(https?:)?//", res), f"{path}: loads {res}"
+        text = path.read_text(encoding="utf-8")
+        for host in ("fonts.googleapis", "fonts.gstatic", "unpkg.com", "cdn.jsdelivr", "cdnjs"):
+            assert host not in text, f"{path}: mentions {host}"
+    for css in built_site.rglob("*.css"):
+        assert not re.search(r"url\((['\"]?)(https?:)?//", css.read_text(encoding="utf-8")), css
+
+
+def test_downloads(built_site: Path, catalog) -> None:
+    import json
+
+    bib = parse_string((built_site / "downloads/medfool.bib").read_text(), "bibtex")
+    assert set(bib.entries) == {p.bibkey for p in catalog.papers.values()}
+    csl = json.loads((built_site / "downloads/medfool.csl.json").read_text())
+    assert len(csl) == len(catalog.papers)
+    export = json.loads((built_site / "downloads/catalog.json").read_text())
+    assert export["version"] == catalog.version
+    schema = json.loads((built_site / "downloads/catalog.schema.json").read_text())
+    assert schema["title"] == "medfool catalog export"
+
+
+def test_routes_svg_links_every_attack(built_site: Path, catalog) -> None:
+    text = (built_site / "routes.html").read_text(encoding="utf-8")
+    start = text.index('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 760')
+    svg = text[start:text.index("</svg>", start)]
+    for aid in catalog.attacks:
+        assert f'href="attacks/{aid}.html"' in svg
+
+
+def test_risk_matrix_places_every_scenario(built_site: Path, catalog) -> None:
+    page = read(built_site / "risk-model.html")
+    cells = [c for row in page.tables["risk-matrix"] for c in row]
+    placed = [h for cell in cells for h, _ in cell]
+    assert sorted(placed) == sorted(f"#scenario-{s.id}" for s in catalog.risk_model.scenarios)
+
+
+def test_search_index_has_names_and_aliases(built_site: Path) -> None:
+    index = (built_site / "search" / "search_index.json").read_text(encoding="utf-8")
+    for term in ("DeepFool", "Expectation over Transformation", "EOT", "BadNets", "trojan trigger"):
+        assert term in index
+
+
+HOSTILE = "Evil <script>alert('x')</script> <img src=x onerror=alert(1)> [click](javascript:alert(2)) **bold** & more"
+
+
+@pytest.fixture(scope="module")
+def hostile_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    path = project / "catalog/attack/deepfool.yaml"
+    text = path.read_text()
+    quoted = json.dumps(HOSTILE)  # a JSON string is a valid YAML scalar
+    text = text.replace("name: DeepFool\n", f"name: {quoted}\n")
+    text = re.sub(r"summary: >-\n(  .*\n)+", f"summary: {quoted}\n", text)
+    path.write_text(text)
+    out = project / "built"
+    result = build(project, out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+class _Elements(HTMLParser):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str]]] = []
+        self.script_text: list[str] = []
+        self._script = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append((tag, {k: v or "" for k, v in attrs}))
+        self._script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._script:
+            self.script_text.append(data)
+
+
+def test_catalog_text_renders_as_text(hostile_site: Path) -> None:
+    for page in (hostile_site / "attacks/deepfool.html", hostile_site / "table1.html", hostile_site / "index.html",
+                 hostile_site / "routes.html", hostile_site / "risk-model.html"):
+        parsed = _Elements(page.read_text(encoding="utf-8"))
+        for tag, attrs in parsed.found:
+            assert not (tag == "img" and attrs.get("src") == "x"), page
+            assert not any(k.startswith("on") for k in attrs), (page, tag, attrs)
+            assert not attrs.get("href", "").startswith("javascript:"), page
+        assert not any("alert(" in s for s in parsed.script_text), page
+    attack = (hostile_site / "attacks/deepfool.html").read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(" in attack and "&lt;img src=x onerror=alert(1)&gt;" in attack
+    assert "<strong>bold</strong>" not in attack
+
+
+def test_catalog_error_fails_the_build(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    path = project / "catalog/attack/pgd.yaml"
+    path.write_text(path.read_text().replace("family: adversarial-image", "family: adversarial-images"))
+    result = build(project, tmp_path / "out")
+    assert result.returncode != 0
+    assert "catalog/attack/pgd.yaml:9: family: 'adversarial-images' is not one of" in result.stdout + result.stderr
