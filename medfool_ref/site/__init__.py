@@ -1,0 +1,1 @@
+"""The documentation site: an MkDocs plugin that writes pages from the catalog."""

@@ -1,0 +1,83 @@
+"""The ``medfool`` MkDocs plugin: validates the catalog and writes every page from it at build time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mkdocs.config import config_options
+from mkdocs.config.base import Config
+from mkdocs.exceptions import PluginError
+from mkdocs.plugins import BasePlugin
+from mkdocs.structure.files import File, Files
+
+from ..catalog import CatalogError, Severity, load_catalog
+from ..catalog.cite import full_bibtex, full_csl
+from ..catalog.export import export_json, json_schema
+from .html import esc
+from .pages import all_pages, nav
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+class MedfoolConfig(Config):
+    root = config_options.Optional(config_options.Type(str))  # folder with catalog/ and bib/; default: mkdocs.yml's folder
+    results = config_options.Optional(config_options.Type(str))  # folder of reference-run results
+
+
+class MedfoolPlugin(BasePlugin[MedfoolConfig]):
+    def on_config(self, config: Any) -> Any:
+        base = Path(config.config_file_path).resolve().parent
+        root = Path(self.config.root) if self.config.root else base
+        if not root.is_absolute():
+            root = base / root
+        try:
+            self.catalog = load_catalog(root)
+        except CatalogError as exc:
+            errors = [str(p) for p in exc.problems if p.severity is Severity.ERROR]
+            raise PluginError("medfool: the catalog is invalid:\n" + "\n".join(errors)) from None
+        results = self.config.results
+        self.results_dir = (base / results) if results else None
+        self.pages = all_pages(self.catalog, self.results_dir)
+        config.nav = _escape_nav(nav(self.catalog))
+        for css in ("assets/medfool.css",):
+            if css not in config.extra_css:
+                config.extra_css.append(css)
+        if "assets/medfool.js" not in [str(j) for j in config.extra_javascript]:
+            config.extra_javascript.append("assets/medfool.js")
+        return config
+
+    def on_files(self, files: Files, *, config: Any) -> Files:
+        for page in self.pages:
+            _add(files, File.generated(config, page.uri, content=page.markdown()))
+        c = self.catalog
+        downloads = {
+            "downloads/medfool.bib": full_bibtex(c),
+            "downloads/medfool.csl.json": json.dumps(full_csl(c), indent=2, ensure_ascii=False),
+            "downloads/catalog.json": export_json(c),
+            "downloads/catalog.schema.json": json.dumps(json_schema(), indent=2),
+        }
+        for uri, content in downloads.items():
+            _add(files, File.generated(config, uri, content=content))
+        for asset in sorted(ASSETS.iterdir()):
+            _add(files, File.generated(config, f"assets/{asset.name}", abs_src_path=str(asset)))
+        return files
+
+
+def _add(files: Files, file: File) -> None:
+    existing = files.get_file_from_path(file.src_uri)
+    if existing is not None:
+        files.remove(existing)
+    files.append(file)
+
+
+def _escape_nav(items: list[Any]) -> list[Any]:
+    """Nav titles come from catalog names; MkDocs renders them unescaped, so escape them here."""
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, dict):
+            out.append({esc(k): (_escape_nav(v) if isinstance(v, list) else v) for k, v in item.items()})
+        else:
+            out.append(item)
+    return out
