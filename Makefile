@@ -1,5 +1,6 @@
 # The two set-up commands of the README:
-#   make serve   build the site from the catalog (with reference results) and serve it at http://127.0.0.1:8000/
+#   make serve   run the reference attacks on the sample tiles, build the site from the catalog with
+#                their results and serve it at http://127.0.0.1:8000/
 #   make test    run the test suite (installs Debian's chromium for the browser test if it is missing)
 # Both create .venv/ and install medfool into it on first use.
 
@@ -17,9 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 serve: $(VENV)/.installed
+	$(VENV)/bin/medfool results --out build/results
 	$(VENV)/bin/medfool site --serve --addr $(ADDR)
 
 build: $(VENV)/.installed
+	$(VENV)/bin/medfool results --out build/results
 	$(VENV)/bin/medfool site --out site
 
 validate: $(VENV)/.installed

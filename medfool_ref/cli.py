@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .attack_cli import ParamError
 from .catalog import Catalog, CatalogError, Severity, check_catalog, load_catalog
 from .catalog.cite import FORMATS as CITE_FORMATS
 from .catalog.formats import TABLE_FORMATS
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .site.cli import add_site_commands
 
     add_site_commands(sub)
+    from .attack_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -178,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except UsageError as exc:
+    except (UsageError, ParamError) as exc:
         print(f"medfool: error: {exc}", file=sys.stderr)
         return 2
     except CatalogError as exc:

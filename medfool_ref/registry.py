@@ -12,7 +12,11 @@ from importlib import import_module
 from typing import Any, Callable
 
 # name -> (module under medfool_ref.attacks, function name)
-IMPLEMENTATIONS: dict[str, tuple[str, str]] = {}
+IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
+    "fgsm": ("gradient", "fgsm"),
+    "pgd": ("gradient", "pgd"),
+    "deepfool": ("deepfool", "deepfool"),
+}
 
 
 def resolve(name: str) -> Callable[..., Any]:

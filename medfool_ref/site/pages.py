@@ -277,8 +277,21 @@ def attack_page(c: Catalog, aid: str, results_dir: object = None) -> Page:
              for pid, doms in demonstrations_of(c, aid)]
     impl = a.implementation
     if impl:
-        impl_html = (f"<p>Reference implementation <code>{esc(impl)}</code>.</p>"
-                     f"<pre><code>medfool attack {esc(impl)} --tile TILE.png --out out/</code></pre>"
+        from ..registry import IMPLEMENTATIONS
+
+        module, func = IMPLEMENTATIONS[impl]
+        python = ("from medfool_ref.model import load_model\n"
+                  "from medfool_ref.tiles import read_tile\n"
+                  f"from medfool_ref.attacks.{module} import {func}\n\n"
+                  "model = load_model()  # the reference tile classifier (CUDA when available)\n"
+                  "x = read_tile(\"tile.png\")[None].to(next(model.parameters()).device)  # (1, 3, H, W) in [0, 1]\n"
+                  f"result = {func}(model, x)  # keyword-only parameters, see help({func})\n"
+                  "print(result.summary())")
+        impl_html = (f"<p>Reference implementation <code>{esc(impl)}</code> "
+                     f"(<code>medfool_ref/attacks/{esc(module)}.py</code>). From Python:</p>"
+                     f"<pre><code>{esc(python)}</code></pre>"
+                     "<p>From the command line (writes the 8-bit adversarial tile, a comparison figure and report.json):</p>"
+                     f"<pre><code>medfool attack {esc(impl)} --tile TILE.png --out out/ [--set key=value ...]</code></pre>"
                      + results_html(impl, results_dir, here))
     else:
         impl_html = ('<p class="mf-none">No reference implementation yet. When one is added it is linked here with the '

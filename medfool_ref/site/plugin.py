@@ -17,6 +17,7 @@ from ..catalog.cite import full_bibtex, full_csl
 from ..catalog.export import export_json, json_schema
 from .html import esc
 from .pages import all_pages, nav
+from .results import result_files
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -60,6 +61,8 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
         }
         for uri, content in downloads.items():
             _add(files, File.generated(config, uri, content=content))
+        for uri, path in result_files(self.results_dir):
+            _add(files, File.generated(config, uri, abs_src_path=str(path)))
         for asset in sorted(ASSETS.iterdir()):
             _add(files, File.generated(config, f"assets/{asset.name}", abs_src_path=str(asset)))
         return files

@@ -1,0 +1,214 @@
+"""``medfool attack``, ``medfool model train`` and ``medfool results``: running the reference attacks."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable
+
+SKIP_PARAMS = {"target", "progress", "labels"}
+
+
+class ParamError(ValueError):
+    pass
+
+
+def _progress_bar(label: str) -> Callable[..., None]:
+    """A plain stderr progress bar (no extra dependency)."""
+    state = {"last": -1.0}
+
+    def update(done: int, total: int, *extra: float) -> None:
+        frac = done / max(total, 1)
+        if frac - state["last"] < 0.02 and done != total:
+            return
+        state["last"] = frac
+        bar = "#" * int(frac * 30)
+        tail = f" loss {extra[0]:.3f}" if extra else ""
+        sys.stderr.write(f"\r{label} [{bar:<30}] {done}/{total}{tail}")
+        sys.stderr.flush()
+
+    return update
+
+
+def attack_params(func: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    sig = inspect.signature(func)
+    return {n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in SKIP_PARAMS}
+
+
+def parse_sets(func: Callable[..., Any], pairs: list[str]) -> dict[str, Any]:
+    """Turn ``key=value`` strings into typed keyword arguments of ``func``; unknown keys are errors."""
+    params = attack_params(func)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ParamError(f"--set {pair!r}: expected key=value")
+        key, raw = (s.strip() for s in pair.split("=", 1))
+        if key not in params:
+            raise ParamError(f"--set {key}: unknown parameter; this attack takes {', '.join(sorted(params))}")
+        out[key] = _coerce(key, raw, params[key])
+    return out
+
+
+def _coerce(key: str, raw: str, param: inspect.Parameter) -> Any:
+    ann = str(param.annotation)
+    default = param.default
+    if raw.lower() == "none" and ("None" in ann or default is None):
+        return None
+    try:
+        if isinstance(default, bool) or ann == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int) or ann.startswith("int"):
+            return int(raw)
+        if isinstance(default, float) or ann.startswith("float"):
+            return float(Fraction(raw)) if "/" in raw else float(raw)
+    except (ValueError, ZeroDivisionError):
+        raise ParamError(f"--set {key}={raw}: expected {ann}") from None
+    return raw
+
+
+def _class_index(value: str, classes: tuple[str, ...], what: str) -> int:
+    if value.upper() in classes:
+        return classes.index(value.upper())
+    if value.isdigit() and int(value) < len(classes):
+        return int(value)
+    raise ParamError(f"{what} {value!r}: expected one of {', '.join(classes)} or an index 0-{len(classes) - 1}")
+
+
+def run_attack(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import ModelFileError, default_device, load_model
+    from .registry import IMPLEMENTATIONS, resolve
+    from .report import comparison_figure, quantise, save_png
+    from .tiles import TileError, read_tile
+
+    if args.name not in IMPLEMENTATIONS:
+        raise ParamError(f"unknown attack {args.name!r}; known: {', '.join(sorted(IMPLEMENTATIONS))}")
+    func = resolve(args.name)
+    kwargs = parse_sets(func, args.set or [])
+    try:
+        device = default_device()
+        model = load_model(args.model, device=device)
+        image = read_tile(args.tile)[None].to(device)
+    except (TileError, ModelFileError) as exc:
+        raise ParamError(str(exc)) from None
+    classes = model.classes
+    sig = inspect.signature(func).parameters
+    if args.target is not None:
+        if "target" not in sig:
+            raise ParamError(f"{args.name} is untargeted; --target is not accepted")
+        kwargs["target"] = _class_index(args.target, classes, "--target")
+    labels = None
+    if args.label is not None:
+        labels = torch.tensor([_class_index(args.label, classes, "--label")], device=device)
+    if "progress" in sig:
+        kwargs["progress"] = _progress_bar(args.name)
+    try:
+        result = func(model, image, labels, **kwargs)
+    except ValueError as exc:
+        raise ParamError(str(exc)) from None
+    finally:
+        if "progress" in kwargs:
+            sys.stderr.write("\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    q = quantise(result.adversarial)
+    with torch.no_grad():
+        probs = model(q).softmax(1)
+    pred_q = int(probs.argmax(1))
+    target = kwargs.get("target")
+    label = int(result.labels[0])
+    success = (pred_q == target) if target is not None else (pred_q != label)
+    save_png(q[0], out / "adversarial.png")
+    before = (classes[int(result.pred_before[0])], float(result.confidence_before[0]))
+    after = (classes[pred_q], float(probs[0, pred_q]))
+    comparison_figure(image[0], q[0], before, after, out / "comparison.png")
+    delta = (q - image).flatten(1)
+    report = {
+        "attack": args.name,
+        "tile": str(args.tile),
+        "model": str(args.model or "reference"),
+        "success": bool(success),
+        "success_before_quantisation": bool(result.success[0]),
+        "label": classes[label],
+        "target": classes[target] if target is not None else None,
+        "pred_before": before[0],
+        "pred_after": after[0],
+        "confidence_before": round(before[1], 6),
+        "confidence_after": round(after[1], 6),
+        "norms": {"l0_pixels": int((q != image).any(dim=1).sum()), "l2": float(delta.norm()), "linf": float(delta.abs().max()),
+                  "linf_255": round(float(delta.abs().max()) * 255, 3)},
+        "queries": {"forward_calls": result.forward_calls, "forward_images": result.forward_images,
+                    "backward_calls": result.backward_calls, "backward_images": result.backward_images},
+        "iterations": result.iterations,
+        "seconds": round(result.seconds, 4),
+        "params": result.params,
+        "device": str(device),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    verdict = "fooled" if success else "not fooled"
+    print(f"{args.name}: {before[0]} ({before[1]:.1%}) -> {after[0]} ({after[1]:.1%}): {verdict}; "
+          f"L-inf {report['norms']['linf_255']}/255, L2 {report['norms']['l2']:.3f}; wrote {out}/")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .reference_model import train_reference
+    from .training import TrainConfig
+
+    config = TrainConfig()
+    for key, value in parse_sets(_config_setter, args.set or []).items():
+        setattr(config, key, value)
+    card = train_reference(Path(args.out), config, progress=_progress_bar("training"))
+    held = card["held_out"]
+    print(f"held-out accuracy {held['correct']}/{held['tiles']} ({held['accuracy']:.1%}); weights sha256 {card['sha256']}; wrote {args.out}/")
+    return 0
+
+
+def _config_setter(*, steps: int = 800, batch_size: int = 32, crop: int = 96, lr: float = 3e-3,
+                   weight_decay: float = 5e-4, width: int = 24, seed: int = 0, colour_jitter: float = 0.15) -> None:
+    """The training settings ``medfool model train --set`` accepts (mirrors TrainConfig)."""
+
+
+def run_results(args: argparse.Namespace) -> int:
+    from .results_run import write_results
+
+    summary = write_results(Path(args.out), only=args.only)
+    for name, s in summary.items():
+        print(f"{name}: success {s['successes']}/{s['images']} ({s['success_rate']:.0%}), {s['seconds']:.1f} s")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from .model import MODEL_DIR
+
+    p = sub.add_parser("attack", help="run a reference attack on one tile and write the adversarial tile, a figure and report.json")
+    p.add_argument("name", help="attack name (see the registry: fgsm, pgd, deepfool)")
+    p.add_argument("--tile", required=True, help="8-bit RGB tile (PNG, TIFF, JPEG)")
+    p.add_argument("--model", help="weights of medfool's tile classifier (.safetensors; default: the reference model)")
+    p.add_argument("--target", help="target class for a targeted attack (name such as NORM, or index)")
+    p.add_argument("--label", help="true class of the tile (default: the model's own prediction)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="attack parameter, e.g. --set eps=4/255 (repeatable)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run_attack)
+
+    p = sub.add_parser("model", help="the reference tile classifier")
+    msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    t = msub.add_parser("train", help="train the reference model deterministically and write weights + model card")
+    t.add_argument("--out", default=str(MODEL_DIR), help=f"output folder (default {MODEL_DIR})")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="training setting, e.g. --set steps=400")
+    t.set_defaults(func=run_train)
+
+    p = sub.add_parser("results", help="run every registered attack on the sample tiles and write results for the site")
+    p.add_argument("--out", default="build/results", help="output folder (default build/results)")
+    p.add_argument("--only", action="append", help="run only this attack (repeatable)")
+    p.set_defaults(func=run_results)

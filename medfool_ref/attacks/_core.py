@@ -1,0 +1,203 @@
+"""What every reference attack shares: input checks, model-call counting and the result object.
+
+Conventions (after adv_lib and Foolbox): images are (B, C, H, W) in [0, 1] on the model's
+device; the model maps them to logits (normalisation lives inside the model); parameters are
+keyword-only and checked with clear ``ValueError``s; the caller's tensors are never modified.
+Depends on torch only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+Progress = Callable[[int, int], None]
+
+
+class CountingModel(nn.Module):
+    """Counts forward calls and the images they carried, and backward passes requested through it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.forward_calls = 0
+        self.forward_images = 0
+        self.backward_calls = 0
+        self.backward_images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forward_calls += 1
+        self.forward_images += x.shape[0]
+        return self.model(x)
+
+    def grad(self, outputs: torch.Tensor, inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Gradient of ``outputs`` w.r.t. ``inputs``; with ``is_grads_batched`` one call stands for many."""
+        self.backward_calls += 1
+        batched = kwargs.get("is_grads_batched", False)
+        self.backward_images += inputs.shape[0] * (kwargs["grad_outputs"].shape[0] if batched else 1)
+        (g,) = torch.autograd.grad(outputs, inputs, **kwargs)
+        return g
+
+
+@dataclass
+class AttackResult:
+    """Per-sample outcome of one attack on one batch."""
+
+    attack: str
+    adversarial: torch.Tensor
+    success: torch.Tensor
+    labels: torch.Tensor
+    target: torch.Tensor | None
+    pred_before: torch.Tensor
+    pred_after: torch.Tensor
+    confidence_before: torch.Tensor
+    confidence_after: torch.Tensor
+    l0: torch.Tensor
+    l2: torch.Tensor
+    linf: torch.Tensor
+    forward_calls: int
+    forward_images: int
+    backward_calls: int
+    backward_images: int
+    iterations: int
+    seconds: float
+    params: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if self.success.numel() else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready aggregates: success rate, median norms, query counts, time."""
+        ok = self.success
+        def med(t: torch.Tensor) -> float | None:
+            return float(t[ok].median()) if bool(ok.any()) else None
+        out = {
+            "attack": self.attack,
+            "images": int(ok.numel()),
+            "success_rate": round(self.success_rate, 4),
+            "successes": int(ok.sum()),
+            "median_l2_successful": med(self.l2),
+            "median_linf_successful": med(self.linf),
+            "median_l0_successful": med(self.l0.float()),
+            "forward_calls": self.forward_calls,
+            "forward_images": self.forward_images,
+            "backward_calls": self.backward_calls,
+            "backward_images": self.backward_images,
+            "iterations": self.iterations,
+            "seconds": round(self.seconds, 4),
+            "params": self.params,
+        }
+        out.update(self.extra)
+        return out
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor, not {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W); got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point in [0, 1]; got {images.dtype}")
+    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
+        raise ValueError("images must lie in [0, 1]")
+
+
+def check_positive(name: str, value: float, *, upper: float | None = None, allow_zero: bool = False) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name} must be <= {upper}; got {value}")
+
+
+def check_int(name: str, value: int, *, low: int = 1, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, not {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be between {low} and {high if high is not None else 'any'}; got {value}")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def prepare(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, target: int | torch.Tensor | None,
+            num_classes: int | None = None) -> tuple[CountingModel, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Validate inputs; return the counting model, a private copy of the images, labels, target and clean logits."""
+    check_images(images)
+    device = model_device(model)
+    if images.device != device:
+        raise ValueError(f"images are on {images.device} but the model is on {device}")
+    counted = CountingModel(model)
+    x = images.detach().clone()
+    with torch.no_grad():
+        logits = counted(x)
+    n_cls = num_classes or logits.shape[1]
+    pred = logits.argmax(1)
+    if labels is None:
+        y = pred.clone()
+    else:
+        if not isinstance(labels, torch.Tensor) or labels.shape != (x.shape[0],):
+            raise ValueError(f"labels must be a tensor of shape ({x.shape[0]},)")
+        y = labels.detach().to(device=device, dtype=torch.long).clone()
+        if bool(((y < 0) | (y >= n_cls)).any()):
+            raise ValueError(f"labels must be class indices in [0, {n_cls})")
+    t = None
+    if target is not None:
+        t = torch.as_tensor(target, device=device, dtype=torch.long).clone()
+        if t.ndim == 0:
+            t = t.expand(x.shape[0]).clone()
+        if t.shape != (x.shape[0],) or bool(((t < 0) | (t >= n_cls)).any()):
+            raise ValueError(f"target must be a class index in [0, {n_cls}) or one per image")
+    return counted, x, y, t, logits, pred
+
+
+def is_success(pred: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    return pred == target if target is not None else pred != labels
+
+
+def finish(name: str, counted: CountingModel, clean: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor,
+           target: torch.Tensor | None, clean_logits: torch.Tensor, iterations: int, started: float,
+           params: dict[str, Any], extra: dict[str, Any] | None = None) -> AttackResult:
+    """Score the final adversarial batch and build the result."""
+    with torch.no_grad():
+        logits = counted(adv)
+    p0 = clean_logits.softmax(1)
+    p1 = logits.softmax(1)
+    pred0, pred1 = p0.argmax(1), p1.argmax(1)
+    delta = (adv - clean).flatten(1)
+    changed = (adv != clean).any(dim=1).flatten(1)  # a pixel counts once whatever its channels
+    return AttackResult(
+        attack=name, adversarial=adv.detach(), success=is_success(pred1, labels, target), labels=labels, target=target,
+        pred_before=pred0, pred_after=pred1,
+        confidence_before=p0.gather(1, pred0[:, None])[:, 0], confidence_after=p1.gather(1, pred1[:, None])[:, 0],
+        l0=changed.sum(1), l2=delta.norm(dim=1), linf=delta.abs().amax(dim=1) if delta.shape[1] else delta.sum(1),
+        forward_calls=counted.forward_calls, forward_images=counted.forward_images,
+        backward_calls=counted.backward_calls, backward_images=counted.backward_images,
+        iterations=iterations, seconds=time.perf_counter() - started, params=params, extra=extra or {},
+    )
+
+
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0 if seed is None else seed)
+    return gen

@@ -1,0 +1,148 @@
+"""One training loop for the reference tile classifier (and, later, backdoored and poisoned ones).
+
+Training tiles are cut once into a bank of fixed-size crops; each step draws a class-balanced
+batch from the bank and augments it on the device as whole-batch tensor operations (flips and
+90-degree rotations, brightness/contrast/saturation jitter). A ``batch_hook`` runs after
+augmentation, which is where a backdoor trigger or poison is applied without writing copies to disk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .model import TileClassifier, TileNet
+from .tiles import CLASSES, Tile, read_tile
+
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 800
+    batch_size: int = 32
+    crop: int = 96
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    width: int = 24
+    seed: int = 0
+    colour_jitter: float = 0.15
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class CropBank:
+    images: torch.Tensor  # (N, 3, crop, crop) uint8
+    labels: torch.Tensor  # (N,)
+    tile_of: torch.Tensor  # (N,) index of the source tile
+    tiles: list[Tile] = field(default_factory=list)
+
+
+def crop_bank(tiles: list[Tile], crop: int = 96, per_side: int = 4) -> CropBank:
+    """Cut every tile into a per_side x per_side grid of overlapping crops (data preparation, once)."""
+    images, labels, owner = [], [], []
+    for i, t in enumerate(tiles):
+        x = (read_tile(t.path) * 255).round().to(torch.uint8)
+        side = x.shape[-1]
+        starts = torch.linspace(0, side - crop, per_side).round().long()
+        patches = x.unfold(1, crop, 1).unfold(2, crop, 1)  # (3, H-c+1, W-c+1, c, c)
+        grid = patches[:, starts][:, :, starts]  # (3, k, k, c, c)
+        grid = grid.permute(1, 2, 0, 3, 4).reshape(-1, 3, crop, crop)
+        images.append(grid)
+        labels.append(torch.full((grid.shape[0],), t.index))
+        owner.append(torch.full((grid.shape[0],), i))
+    return CropBank(torch.cat(images), torch.cat(labels), torch.cat(owner), list(tiles))
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, jitter: float) -> torch.Tensor:
+    """Random dihedral transform and colour jitter, sampled per image, applied to the whole batch."""
+    b = x.shape[0]
+    dev = x.device
+    flip = torch.rand(b, device=dev, generator=gen) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    k = torch.randint(0, 4, (b,), device=dev, generator=gen)
+    rotated = torch.stack([torch.rot90(x, r, dims=(-2, -1)) for r in range(4)])  # 4 whole-batch rotations
+    x = rotated[k, torch.arange(b, device=dev)]
+    if jitter > 0:
+        bright = 1 + jitter * (2 * torch.rand(b, 1, 1, 1, device=dev, generator=gen) - 1)
+        contrast = 1 + jitter * (2 * torch.rand(b, 1, 1, 1, device=dev, generator=gen) - 1)
+        sat = 1 + jitter * (2 * torch.rand(b, 1, 1, 1, device=dev, generator=gen) - 1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean * bright
+        grey = x.mean(dim=1, keepdim=True)
+        x = (x - grey) * sat + grey
+    return x.clamp(0, 1)
+
+
+def train(bank: CropBank, config: TrainConfig, *, device: torch.device | str = "cpu",
+          batch_hook: BatchHook | None = None, progress: Callable[[int, int, float], None] | None = None) -> TileClassifier:
+    """Train a fresh :class:`TileClassifier` on the crop bank; deterministic for a given seed and device."""
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    images = bank.images.to(device)
+    labels = bank.labels.to(device)
+    floats = images.float().div(255)
+    mean = floats.mean(dim=(0, 2, 3)).tolist()
+    std = floats.std(dim=(0, 2, 3)).tolist()
+    del floats
+    model = TileClassifier(TileNet(len(CLASSES), config.width), mean, std).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.2)
+    counts = torch.bincount(labels, minlength=len(CLASSES)).float()
+    weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))[labels]
+    model.train()
+    for step in range(config.steps):
+        idx = torch.multinomial(weights, config.batch_size, replacement=True, generator=gen)
+        x = augment(images[idx].float().div(255), gen, config.colour_jitter)
+        y = labels[idx]
+        if batch_hook is not None:
+            x, y = batch_hook(x, y, gen)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(step + 1, config.steps, loss.item())
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: TileClassifier, tiles: list[Tile]) -> dict[str, object]:
+    """Accuracy on whole tiles (grouped by size, one forward per group) and the tumour-vs-rest decision."""
+    device = next(model.parameters()).device
+    by_size: dict[int, list[int]] = {}
+    images = [read_tile(t.path) for t in tiles]
+    for i, x in enumerate(images):
+        by_size.setdefault(x.shape[-1], []).append(i)
+    preds = torch.empty(len(tiles), dtype=torch.long)
+    for idxs in by_size.values():
+        batch = torch.stack([images[i] for i in idxs]).to(device)
+        preds[idxs] = model(batch).argmax(1).cpu()
+    truth = torch.tensor([t.index for t in tiles])
+    tum = CLASSES.index("TUM")
+    tp = int(((preds == tum) & (truth == tum)).sum())
+    fn = int(((preds != tum) & (truth == tum)).sum())
+    fp = int(((preds == tum) & (truth != tum)).sum())
+    return {
+        "tiles": len(tiles),
+        "accuracy": float((preds == truth).float().mean()),
+        "correct": int((preds == truth).sum()),
+        "tumour_sensitivity": tp / max(tp + fn, 1),
+        "tumour_false_positives": fp,
+        "predictions": [CLASSES[p] for p in preds.tolist()],
+        "truth": [t.label for t in tiles],
+    }
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
