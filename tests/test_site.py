@@ -188,3 +188,25 @@ def test_catalog_error_fails_the_build(tmp_path: Path) -> None:
     result = build(project, tmp_path / "out")
     assert result.returncode != 0
     assert "catalog/attack/pgd.yaml:9: family: 'adversarial-images' is not one of" in result.stdout + result.stderr
+
+
+def test_attack_page_shows_a_real_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    project = copy_project(tmp_path / "project")
+    exe = Path(sys.executable).parent / "medfool"
+    run = subprocess.run([str(exe), "results", "--only", "fgsm", "--out", str(project / "build/results")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((project / "build/results/fgsm/report.json").read_text())["summary"]
+    assert report["images"] >= 40 and 0 < report["successes"] <= report["images"]
+    out = tmp_path / "out"
+    result = build(project, out)
+    assert result.returncode == 0, result.stderr
+    page = (out / "attacks/fgsm.html").read_text(encoding="utf-8")
+    assert "Results of a real run on the sample tiles" in page
+    assert f"<dd>{report['successes']}</dd>" in page
+    assert (out / "results/fgsm/comparison.png").is_file()
+    assert 'src="../results/fgsm/comparison.png"' in page
+    # an attack without a recorded run says so
+    assert "No run of <code>pgd</code> is recorded" in (out / "attacks/pgd.html").read_text(encoding="utf-8")
