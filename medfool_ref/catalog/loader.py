@@ -234,6 +234,8 @@ class _Checker:
 
         for a in self.c.attacks.values():
             self.unique(a.id, ("aliases",), a.aliases, "alias")
+            for i, fig in enumerate(a.paper_figures):
+                self.ref(a.id, ("paper_figures", i, "paper"), fig.paper, self.c.papers, "paper")
             if a.implementation is not None and a.implementation not in IMPLEMENTATIONS:
                 self.report(a.id, ("implementation",), f"{a.implementation!r} is not in the registry of reference implementations ({', '.join(sorted(IMPLEMENTATIONS)) or 'empty'})")
             training = a.family == "training-tampering"

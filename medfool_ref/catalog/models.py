@@ -192,6 +192,14 @@ class Perturbation(Strict):
     physically_realisable: bool
 
 
+class PaperFigure(Strict):
+    """A headline number a paper reports, to set beside medfool's own measurements."""
+
+    paper: Slug | BibKey
+    figure: Text
+    checked: bool  # True: checked against the paper's text; False: recalled, not yet checked
+
+
 class Attack(Strict):
     id: Slug
     stable_id: AttackStableId
@@ -203,6 +211,7 @@ class Attack(Strict):
     perturbation: Perturbation
     summary: Prose
     implementation: Slug | None = None
+    paper_figures: list[PaperFigure] = []
     notes: Text | None = None
 
 

@@ -305,6 +305,10 @@ def attack_page(c: Catalog, aid: str, results_dir: object = None) -> Page:
         "<h3>Analysed by</h3>" if rel["analyses"] else "", ul([_paper_link(c, here, x) for x in rel["analyses"]]) if rel["analyses"] else "",
         "<h3>Demonstrated on medical images</h3>", ul(demos, empty="no medical-domain demonstration in the catalog"),
         "<h2>Defences</h2>", ul([_entry_link(c, here, "defence", d) for d in defences_for(c, aid)], empty="none recorded"),
+        "<h2>What the papers report</h2>" if a.paper_figures else "",
+        ul([f"{esc(f.figure)} ({_paper_link(c, here, f.paper)}; "
+            + ("checked against the paper's text" if f.checked else "<strong>recalled, not yet checked</strong>") + ")"
+            for f in a.paper_figures]) if a.paper_figures else "",
         '<h2 id="implementation">Reference implementation</h2>', impl_html,
         "<h2>Cite this entry</h2>", f"<pre><code>medfool cite {esc(aid)}</code></pre>",
     )
