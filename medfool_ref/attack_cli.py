@@ -11,7 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
-SKIP_PARAMS = {"target", "progress", "labels"}
+SKIP_PARAMS = {"target", "progress", "labels", "transforms", "classes"}
 
 
 class ParamError(ValueError):
@@ -94,13 +94,27 @@ def run_attack(args: argparse.Namespace) -> int:
     if args.name not in IMPLEMENTATIONS:
         raise ParamError(f"unknown attack {args.name!r}; known: {', '.join(sorted(IMPLEMENTATIONS))}")
     func = resolve(args.name)
-    kwargs = parse_sets(func, args.set or [])
+    sets = list(args.set or [])
+    patch_file = None
+    if args.name == "patch":
+        rest = [p for p in sets if not p.startswith("patch_file=")]
+        if len(rest) != len(sets):
+            patch_file = sets[[p.startswith("patch_file=") for p in sets].index(True)].split("=", 1)[1]
+        sets = rest
+    kwargs = parse_sets(func, sets)
+    if args.tile is None and args.name != "fooling-images":
+        raise ParamError(f"--tile is required for {args.name}")
     try:
         device = default_device()
         model = load_model(args.model, device=device)
-        image = read_tile(args.tile)[None].to(device)
+        image = read_tile(args.tile)[None].to(device) if args.tile is not None else None
     except (TileError, ModelFileError) as exc:
         raise ParamError(str(exc)) from None
+    out = Path(args.out)
+    if args.name == "fooling-images":
+        return _run_fooling(model, func, kwargs, args, out)
+    if args.name == "patch":
+        return _run_patch(model, kwargs, args, image, out, patch_file)
     classes = model.classes
     sig = inspect.signature(func).parameters
     if args.target is not None:
@@ -119,7 +133,6 @@ def run_attack(args: argparse.Namespace) -> int:
     finally:
         if "progress" in kwargs:
             sys.stderr.write("\n")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     q = quantise(result.adversarial)
     with torch.no_grad():
@@ -152,12 +165,94 @@ def run_attack(args: argparse.Namespace) -> int:
         "iterations": result.iterations,
         "seconds": round(result.seconds, 4),
         "params": result.params,
+        "extra": {k: (float(v.float().mean()) if hasattr(v, "float") else v) for k, v in result.extra.items()
+                  if isinstance(v, (int, float)) or (hasattr(v, "numel") and v.numel() == 1)},
         "device": str(device),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     verdict = "fooled" if success else "not fooled"
     print(f"{args.name}: {before[0]} ({before[1]:.1%}) -> {after[0]} ({after[1]:.1%}): {verdict}; "
           f"L-inf {report['norms']['linf_255']}/255, L2 {report['norms']['l2']:.3f}; wrote {out}/")
+    return 0
+
+
+def _run_fooling(model: Any, func: Callable[..., Any], kwargs: dict[str, Any], args: argparse.Namespace, out: Path) -> int:
+    from .report import gallery_figure, save_png
+
+    classes = model.classes
+    if args.target is not None:
+        kwargs["classes"] = [_class_index(args.target, classes, "--target")]
+    kwargs["progress"] = _progress_bar("generations")
+    try:
+        result = func(model, **kwargs)
+    except ValueError as exc:
+        raise ParamError(str(exc)) from None
+    finally:
+        sys.stderr.write("\n")
+    out.mkdir(parents=True, exist_ok=True)
+    names = [classes[int(c)] for c in result.classes]
+    labels = [f"{n} {float(p):.2%}" for n, p in zip(names, result.confidence)]
+    gallery_figure(result.images, labels, out / "gallery.png")
+    for n, im in zip(names, result.images):
+        save_png(im, out / f"fooling-{n}.png")
+    report = result.summary()
+    report["classes"] = names
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"fooling-images: {', '.join(labels)}; wrote {out}/")
+    return 0
+
+
+def _run_patch(model: Any, kwargs: dict[str, Any], args: argparse.Namespace, image: Any, out: Path, patch_file: str | None) -> int:
+    """Apply a universal patch to the tile (trained on the sample tiles first unless patch_file is given)."""
+    import torch
+
+    from .attacks.patch import apply_patch, place, train_patch
+    from .report import comparison_figure, quantise, save_png
+    from .tiles import TileError, read_tile
+
+    classes = model.classes
+    if args.target is None:
+        raise ParamError("patch needs --target (the class the patch should force, e.g. NORM)")
+    target = _class_index(args.target, classes, "--target")
+    area = kwargs.get("area", 0.1)
+    if not 0 < area <= 0.5:
+        raise ParamError("area must be in (0, 0.5]")
+    out.mkdir(parents=True, exist_ok=True)
+    if patch_file is not None:
+        try:
+            patch = read_tile(patch_file).to(image.device)
+        except TileError as exc:
+            raise ParamError(f"patch_file: {exc}") from None
+        trained_on = 0
+    else:
+        from .results_run import correct_batches
+
+        x, y, _ = correct_batches(model, image.device)[-1]
+        x = x[y != target][:16]
+        steps = kwargs.get("steps", 40)
+        patch, _, _ = train_patch(model, x, target=target, area=area, steps=steps, lr=kwargs.get("lr", 0.05),
+                                  resolution=kwargs.get("resolution", 48), seed=kwargs.get("seed", 0),
+                                  progress=_progress_bar("patch"))
+        sys.stderr.write("\n")
+        trained_on = x.shape[0]
+        save_png(patch, out / "patch.png")
+    gen = torch.Generator(device=image.device).manual_seed(kwargs.get("seed", 0) or 0)
+    where = place(1, tuple(image.shape[-2:]), area, gen, image.device, scale_jitter=0.0, max_rotation_deg=0.0, centre=True)
+    with torch.no_grad():
+        patched, mask = apply_patch(image, patch, where)
+        q = quantise(patched)
+        p0, p1 = model(image).softmax(1)[0], model(q).softmax(1)[0]
+    save_png(q[0], out / "adversarial.png")
+    before = (classes[int(p0.argmax())], float(p0.max()))
+    after = (classes[int(p1.argmax())], float(p1.max()))
+    comparison_figure(image[0], q[0], before, after, out / "comparison.png")
+    report = {"attack": "patch", "tile": str(args.tile), "success": int(p1.argmax()) == target, "target": classes[target],
+              "pred_before": before[0], "pred_after": after[0], "confidence_before": round(before[1], 6),
+              "confidence_after": round(after[1], 6), "area": float(mask.mean()),
+              "patch": patch_file or str(out / "patch.png"), "trained_on_sample_tiles": trained_on,
+              "params": {k: v for k, v in kwargs.items()}}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"patch: {before[0]} ({before[1]:.1%}) -> {after[0]} ({after[1]:.1%}) with a patch of {float(mask.mean()):.1%} of the tile; wrote {out}/")
     return 0
 
 
@@ -184,7 +279,7 @@ def run_results(args: argparse.Namespace) -> int:
 
     summary = write_results(Path(args.out), only=args.only)
     for name, s in summary.items():
-        print(f"{name}: success {s['successes']}/{s['images']} ({s['success_rate']:.0%}), {s['seconds']:.1f} s")
+        print(f"{name}: success rate {s['success_rate']:.0%}")
     return 0
 
 
@@ -192,8 +287,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     from .model import MODEL_DIR
 
     p = sub.add_parser("attack", help="run a reference attack on one tile and write the adversarial tile, a figure and report.json")
-    p.add_argument("name", help="attack name (see the registry: fgsm, pgd, deepfool)")
-    p.add_argument("--tile", required=True, help="8-bit RGB tile (PNG, TIFF, JPEG)")
+    p.add_argument("name", help="attack name: fgsm, pgd, deepfool, eot, patch, one-pixel, fooling-images")
+    p.add_argument("--tile", help="8-bit RGB tile (PNG, TIFF, JPEG); not used by fooling-images")
     p.add_argument("--model", help="weights of medfool's tile classifier (.safetensors; default: the reference model)")
     p.add_argument("--target", help="target class for a targeted attack (name such as NORM, or index)")
     p.add_argument("--label", help="true class of the tile (default: the model's own prediction)")

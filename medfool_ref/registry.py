@@ -16,6 +16,10 @@ IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "fgsm": ("gradient", "fgsm"),
     "pgd": ("gradient", "pgd"),
     "deepfool": ("deepfool", "deepfool"),
+    "eot": ("eot", "eot"),
+    "patch": ("patch", "adversarial_patch"),
+    "one-pixel": ("onepixel", "one_pixel"),
+    "fooling-images": ("fooling", "fooling_images"),
 }
 
 

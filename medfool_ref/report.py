@@ -45,3 +45,17 @@ def comparison_figure(original: torch.Tensor, adversarial: torch.Tensor, before:
         canvas.paste(panel.resize((w, h), Image.NEAREST), (x0, CAPTION))
         draw.text((x0, 10), caption, fill="black")
     canvas.save(path, format="PNG")
+
+
+def gallery_figure(images: torch.Tensor, labels: list[str], path: Path, scale: int = 2) -> None:
+    """A row of images, each with its caption (used for evolved fooling images)."""
+    panels = [to_image(im) for im in images]
+    w, h = panels[0].size
+    w, h = w * scale, h * scale
+    canvas = Image.new("RGB", (len(panels) * (w + PANEL_GAP) + PANEL_GAP, h + CAPTION + PANEL_GAP), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (panel, label) in enumerate(zip(panels, labels)):
+        x0 = PANEL_GAP + i * (w + PANEL_GAP)
+        canvas.paste(panel.resize((w, h), Image.NEAREST), (x0, CAPTION))
+        draw.text((x0, 10), label, fill="black")
+    canvas.save(path, format="PNG")

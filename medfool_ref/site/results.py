@@ -27,6 +27,23 @@ LABELS = {
     "machine": "machine",
     "params": "parameters",
     "example_tile": "example tile",
+    "expected_success_held_out_draws": "expected success over held-out transformation draws",
+    "pgd_expected_success_same_draws": "plain PGD's expected success under the same draws",
+    "pgd_success_untransformed": "plain PGD's success without transformations",
+    "median_l0": "median changed pixels (L0)",
+    "target": "target class",
+    "train_tiles": "tiles the patch was trained on",
+    "grey_control": "grey patch of the same size (control)",
+    "noise_control": "random-noise patch of the same size (control)",
+    "by_area": "targeted success by patch area (training tiles / other tiles)",
+    "classes": "classes evolved",
+    "confidence": "best confidence per class",
+    "generations": "generations used per class",
+}
+FIGURES = {
+    "comparison.png": "One tile from a real run: original, adversarial (8-bit), amplified difference, with the reference model's predictions.",
+    "patch.png": "The universal patch trained for 10% of the tile area (target: normal mucosa).",
+    "gallery.png": "Evolved images, one per class, with the reference model's confidence for that class.",
 }
 
 
@@ -34,7 +51,7 @@ def result_files(results_dir: Path | None) -> list[tuple[str, Path]]:
     """(site path, file) of every figure the site should copy."""
     if results_dir is None or not results_dir.is_dir():
         return []
-    return [(f"results/{p.parent.name}/{p.name}", p) for p in sorted(results_dir.glob("*/comparison.png"))]
+    return [(f"results/{p.parent.name}/{p.name}", p) for p in sorted(results_dir.glob("*/*.png")) if p.name in FIGURES]
 
 
 def _fmt(key: str, value: object) -> str:
@@ -43,7 +60,17 @@ def _fmt(key: str, value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+        parts = []
+        for k, v in value.items():
+            if isinstance(v, dict) and "on_training_tiles" in v:
+                tr, other = v["on_training_tiles"], v.get("on_other_tiles") or {}
+                parts.append(f"{k}: {tr['adversarial']:.0%} (grey {tr['grey']:.0%}, noise {tr['noise']:.0%})"
+                             + (f" / {other['adversarial']:.0%} (grey {other['grey']:.0%}, noise {other['noise']:.0%})" if other else ""))
+            else:
+                parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+        return "; ".join(parts)
+    if isinstance(value, list):
+        return ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
     return str(value)
 
 
@@ -58,9 +85,9 @@ def results_html(implementation: str, results_dir: object, here: str) -> str:
     summary = json.loads(report.read_text(encoding="utf-8")).get("summary", {})
     rows = [(LABELS.get(k, k), esc(_fmt(k, v))) for k, v in summary.items() if k in LABELS]
     figure = ""
-    if (folder / "comparison.png").is_file():
-        src = href(here, f"results/{implementation}/comparison.png")
-        figure = (f'<figure><img src="{src}" alt="original, adversarial and amplified difference of one tumour tile">'
-                  "<figcaption>One tumour tile from a real run: original, adversarial (8-bit), amplified difference, "
-                  "with the reference model's predictions.</figcaption></figure>")
+    for name, caption in FIGURES.items():
+        if (folder / name).is_file():
+            src = href(here, f"results/{implementation}/{name}")
+            figure += f'<figure><img src="{src}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
     return "<h3>Results of a real run on the sample tiles</h3>" + dl(rows) + figure
