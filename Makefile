@@ -17,12 +17,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-serve: $(VENV)/.installed
+# real runs of every reference attack on the sample tiles (a few minutes on 2 cores), redone when the code changes
+RESULTS := build/results/.done
+$(RESULTS): $(VENV)/.installed $(wildcard medfool_ref/attacks/*.py) medfool_ref/results_run.py medfool_ref/models/tilenet.safetensors
 	$(VENV)/bin/medfool results --out build/results
+	touch $@
+
+serve: $(RESULTS)
 	$(VENV)/bin/medfool site --serve --addr $(ADDR)
 
-build: $(VENV)/.installed
-	$(VENV)/bin/medfool results --out build/results
+build: $(RESULTS)
 	$(VENV)/bin/medfool site --out site
 
 validate: $(VENV)/.installed
