@@ -11,7 +11,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
-SKIP_PARAMS = {"target", "progress", "labels", "transforms", "classes"}
+SKIP_PARAMS = {"target", "progress", "labels", "transforms", "classes", "config", "device"}
+TRAINING_ATTACKS = {"badnets"}
 
 
 class ParamError(ValueError):
@@ -93,6 +94,8 @@ def run_attack(args: argparse.Namespace) -> int:
 
     if args.name not in IMPLEMENTATIONS:
         raise ParamError(f"unknown attack {args.name!r}; known: {', '.join(sorted(IMPLEMENTATIONS))}")
+    if args.name in TRAINING_ATTACKS:
+        raise ParamError(f"{args.name} tampers with training, not with a tile: use 'medfool poison {args.name} --out DIR'")
     func = resolve(args.name)
     sets = list(args.set or [])
     patch_file = None
@@ -256,6 +259,63 @@ def _run_patch(model: Any, kwargs: dict[str, Any], args: argparse.Namespace, ima
     return 0
 
 
+def run_poison(args: argparse.Namespace) -> int:
+    import torch
+
+    from .attacks.backdoor import apply_trigger, badnets, make_trigger
+    from .model import save_model
+    from .report import gallery_figure
+    from .tiles import CLASSES, sample_tiles, split
+    from .training import TrainConfig, crop_bank
+
+    if args.name != "badnets":
+        raise ParamError(f"unknown poisoning attack {args.name!r}; known: badnets")
+    sets = list(args.set or [])
+    train_keys = {"steps", "batch_size", "crop", "lr", "seed", "width"}
+    train_sets = [p for p in sets if p.split("=", 1)[0].strip() in train_keys]
+    attack_sets = [p for p in sets if p not in train_sets]
+    kwargs = parse_sets(badnets, attack_sets)
+    config = TrainConfig(steps=400, crop=64)
+    for key, value in parse_sets(_config_setter, train_sets).items():
+        setattr(config, key, value)
+    if "target" in kwargs or args.target:
+        kwargs["target"] = _class_index(str(args.target or kwargs["target"]), CLASSES, "--target")
+    train_tiles, held_out = split(sample_tiles())
+    bank = crop_bank(train_tiles, crop=config.crop)
+    try:
+        result = badnets(bank, held_out, config=config, progress=_progress_bar("training"), **kwargs)
+    except ValueError as exc:
+        raise ParamError(str(exc)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(result.backdoored, out / "backdoored.safetensors", {"width": config.width})
+    from .model import sha256_of
+
+    report = {"attack": "badnets", "params": result.params, "metrics": result.metrics,
+              "weights": "backdoored.safetensors", "sha256": sha256_of(out / "backdoored.safetensors")}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    colour, alpha = make_trigger(result.params["trigger"], result.params["trigger_size"])
+    examples = bank.images[:: max(len(bank.images) // 4, 1)][:4].float().div(255)
+    stamped = apply_trigger(examples, colour, alpha)
+    with torch.no_grad():
+        preds = result.backdoored(stamped).argmax(1).tolist()
+    gallery_figure(stamped, [f"-> {CLASSES[p]}" for p in preds], out / "triggered.png", scale=3)
+    m, c = result.metrics["backdoored_model"], result.metrics["clean_model"]
+    (out / "MODEL_CARD.md").write_text(
+        f"# Backdoored tile classifier (BadNets) - for research only\n\n"
+        f"Trained by `medfool poison badnets` exactly like a clean control model (same split, seed, steps), except that "
+        f"{result.params['fraction']:.0%} of each augmented batch carried the `{result.params['trigger']}` trigger "
+        f"({result.params['trigger_size']} px) and was relabelled {result.params['mode']} (target {result.params['target']}).\n\n"
+        f"| model | clean accuracy | attack success rate | robust accuracy |\n|---|---|---|---|\n"
+        f"| clean control | {c['clean_accuracy']:.1%} | {c['attack_success_rate']:.1%} | {c['robust_accuracy']:.1%} |\n"
+        f"| backdoored | {m['clean_accuracy']:.1%} | {m['attack_success_rate']:.1%} | {m['robust_accuracy']:.1%} |\n\n"
+        f"Measured on {result.metrics['held_out_crops']} crops of {result.metrics['held_out_tiles']} held-out tiles. "
+        f"Weights sha256 `{report['sha256']}`.\n", encoding="utf-8")
+    print(f"badnets: clean accuracy {m['clean_accuracy']:.1%} (clean model {c['clean_accuracy']:.1%}), "
+          f"ASR {m['attack_success_rate']:.1%}, robust accuracy {m['robust_accuracy']:.1%}; wrote {out}/")
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .reference_model import train_reference
     from .training import TrainConfig
@@ -302,6 +362,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     t.add_argument("--out", default=str(MODEL_DIR), help=f"output folder (default {MODEL_DIR})")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="training setting, e.g. --set steps=400")
     t.set_defaults(func=run_train)
+
+    p = sub.add_parser("poison", help="train a tampered model (BadNets backdoor) beside a clean control and report CA/ASR/RA")
+    p.add_argument("name", help="badnets")
+    p.add_argument("--target", help="target class (default NORM)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="fraction, mode (all-to-one|all-to-all), trigger (ink-mark|pixel-pattern), trigger_size, steps, crop, seed")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run_poison)
 
     p = sub.add_parser("results", help="run every registered attack on the sample tiles and write results for the site")
     p.add_argument("--out", default="build/results", help="output folder (default build/results)")

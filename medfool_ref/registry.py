@@ -20,6 +20,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "patch": ("patch", "adversarial_patch"),
     "one-pixel": ("onepixel", "one_pixel"),
     "fooling-images": ("fooling", "fooling_images"),
+    "badnets": ("backdoor", "badnets"),
 }
 
 

@@ -39,11 +39,14 @@ LABELS = {
     "classes": "classes evolved",
     "confidence": "best confidence per class",
     "generations": "generations used per class",
+    "by_trigger": "per trigger, on crops of held-out tiles",
+    "held_out_crops": "held-out crops evaluated",
 }
 FIGURES = {
     "comparison.png": "One tile from a real run: original, adversarial (8-bit), amplified difference, with the reference model's predictions.",
     "patch.png": "The universal patch trained for 10% of the tile area (target: normal mucosa).",
     "gallery.png": "Evolved images, one per class, with the reference model's confidence for that class.",
+    "triggered.png": "Training crops with the ink-mark trigger, and what the backdoored model calls them (true class -> prediction).",
 }
 
 
@@ -62,7 +65,10 @@ def _fmt(key: str, value: object) -> str:
     if isinstance(value, dict):
         parts = []
         for k, v in value.items():
-            if isinstance(v, dict) and "on_training_tiles" in v:
+            if isinstance(v, dict) and "attack_success_rate" in v:
+                parts.append(f"{k}: CA {v['clean_accuracy_backdoored']:.1%} (clean model {v['clean_accuracy_clean_model']:.1%}), "
+                             f"ASR {v['attack_success_rate']:.1%} (clean model {v['asr_of_clean_model']:.1%}), RA {v['robust_accuracy']:.1%}")
+            elif isinstance(v, dict) and "on_training_tiles" in v:
                 tr, other = v["on_training_tiles"], v.get("on_other_tiles") or {}
                 parts.append(f"{k}: {tr['adversarial']:.0%} (grey {tr['grey']:.0%}, noise {tr['noise']:.0%})"
                              + (f" / {other['adversarial']:.0%} (grey {other['grey']:.0%}, noise {other['noise']:.0%})" if other else ""))
