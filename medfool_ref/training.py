@@ -8,6 +8,7 @@ augmentation, which is where a backdoor trigger or poison is applied without wri
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -81,8 +82,13 @@ def augment(x: torch.Tensor, gen: torch.Generator, jitter: float) -> torch.Tenso
 
 
 def train(bank: CropBank, config: TrainConfig, *, device: torch.device | str = "cpu",
-          batch_hook: BatchHook | None = None, progress: Callable[[int, int, float], None] | None = None) -> TileClassifier:
-    """Train a fresh :class:`TileClassifier` on the crop bank; deterministic for a given seed and device."""
+          batch_hook: BatchHook | None = None, progress: Callable[[int, int, float], None] | None = None,
+          init: TileClassifier | None = None) -> TileClassifier:
+    """Train a :class:`TileClassifier` on the crop bank; deterministic for a given seed and device.
+
+    With ``init`` the given model is copied and training continues from it (fine-tuning on new
+    data, as a service that keeps learning would); otherwise a fresh model is trained.
+    """
     device = torch.device(device)
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)
@@ -92,7 +98,10 @@ def train(bank: CropBank, config: TrainConfig, *, device: torch.device | str = "
     mean = floats.mean(dim=(0, 2, 3)).tolist()
     std = floats.std(dim=(0, 2, 3)).tolist()
     del floats
-    model = TileClassifier(TileNet(len(CLASSES), config.width), mean, std).to(device)
+    if init is not None:
+        model = copy.deepcopy(init).to(device)
+    else:
+        model = TileClassifier(TileNet(len(CLASSES), config.width), mean, std).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.2)
     counts = torch.bincount(labels, minlength=len(CLASSES)).float()

@@ -107,3 +107,12 @@ def test_poison_cli(tmp_path: Path, capsys) -> None:
     assert main(["poison", "badnets", "--set", "fraction=2", "--out", str(tmp_path / "x")]) == 2
     assert "fraction must be in" in capsys.readouterr().err
     assert main(["poison", "clean-label", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_fine_tuning_starts_from_the_given_model(data) -> None:
+    bank, _ = data
+    base = train(bank, TrainConfig(steps=3, crop=64, batch_size=8))
+    tuned = train(bank, TrainConfig(steps=1, crop=64, batch_size=8, lr=1e-9), init=base)
+    assert tuned is not base
+    for (k, a), (_, b) in zip(base.named_parameters(), tuned.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), k  # one step at a negligible learning rate: weights carried over
