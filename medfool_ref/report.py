@@ -26,19 +26,11 @@ def save_png(x: torch.Tensor, path: Path) -> None:
     to_image(x).save(path, format="PNG")
 
 
-def comparison_figure(original: torch.Tensor, adversarial: torch.Tensor, before: tuple[str, float],
-                      after: tuple[str, float], path: Path, scale: int = 2) -> None:
-    """Original | adversarial | amplified difference, with predictions and confidences above."""
-    diff = (adversarial - original).cpu()
-    peak = float(diff.abs().max())
-    amp = 0.5 / peak if peak > 0 else 1.0
-    shown = (0.5 + diff * amp).clamp(0, 1)
-    panels = [to_image(original), to_image(adversarial), to_image(shown)]
-    captions = [f"original: {before[0]} {before[1]:.1%}", f"adversarial: {after[0]} {after[1]:.1%}",
-                f"difference x{amp:.0f} (max {peak * 255:.1f}/255)"]
+def _row_figure(panels: list[Image.Image], captions: list[str], path: Path, scale: int) -> None:
+    """Panels side by side, each with a caption above, enlarged ``scale`` times without smoothing."""
     w, h = panels[0].size
     w, h = w * scale, h * scale
-    canvas = Image.new("RGB", (3 * w + 4 * PANEL_GAP, h + CAPTION + PANEL_GAP), "white")
+    canvas = Image.new("RGB", (len(panels) * (w + PANEL_GAP) + PANEL_GAP, h + CAPTION + PANEL_GAP), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (panel, caption) in enumerate(zip(panels, captions)):
         x0 = PANEL_GAP + i * (w + PANEL_GAP)
@@ -47,15 +39,18 @@ def comparison_figure(original: torch.Tensor, adversarial: torch.Tensor, before:
     canvas.save(path, format="PNG")
 
 
+def comparison_figure(original: torch.Tensor, adversarial: torch.Tensor, before: tuple[str, float],
+                      after: tuple[str, float], path: Path, scale: int = 2) -> None:
+    """Original | adversarial | amplified difference, with predictions and confidences above."""
+    diff = (adversarial - original).cpu()
+    peak = float(diff.abs().max())
+    amp = 0.5 / peak if peak > 0 else 1.0
+    shown = (0.5 + diff * amp).clamp(0, 1)
+    captions = [f"original: {before[0]} {before[1]:.1%}", f"adversarial: {after[0]} {after[1]:.1%}",
+                f"difference x{amp:.0f} (max {peak * 255:.1f}/255)"]
+    _row_figure([to_image(original), to_image(adversarial), to_image(shown)], captions, path, scale)
+
+
 def gallery_figure(images: torch.Tensor, labels: list[str], path: Path, scale: int = 2) -> None:
-    """A row of images, each with its caption (used for evolved fooling images)."""
-    panels = [to_image(im) for im in images]
-    w, h = panels[0].size
-    w, h = w * scale, h * scale
-    canvas = Image.new("RGB", (len(panels) * (w + PANEL_GAP) + PANEL_GAP, h + CAPTION + PANEL_GAP), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (panel, label) in enumerate(zip(panels, labels)):
-        x0 = PANEL_GAP + i * (w + PANEL_GAP)
-        canvas.paste(panel.resize((w, h), Image.NEAREST), (x0, CAPTION))
-        draw.text((x0, 10), label, fill="black")
-    canvas.save(path, format="PNG")
+    """A row of images, each with its caption (evolved fooling images, triggered tiles)."""
+    _row_figure([to_image(im) for im in images], labels, path, scale)
