@@ -243,3 +243,16 @@ def test_reference_model_card_matches_the_weights() -> None:
     assert result["predictions"] == card["held_out"]["predictions"]
     text = (MODEL_DIR / "MODEL_CARD.md").read_text()
     assert f"{card['held_out']['correct']}/{card['held_out']['tiles']} tiles" in text
+
+
+@pytest.mark.parametrize("impl", ["pgd", "deepfool", "fooling-images"])
+def test_usage_snippets_on_attack_pages_run(impl: str, capsys) -> None:
+    from medfool_ref.registry import IMPLEMENTATIONS
+    from medfool_ref.site.pages import usage
+    from medfool_ref.tiles import TILE_ROOT
+
+    tile = TILE_ROOT / "crc-val-he-7k-sample/TUM-TCGA-DRHQMTQA.png"
+    python, _ = usage(impl, *IMPLEMENTATIONS[impl])
+    code = python.replace('"tile.png"', repr(str(tile))).replace("generations=100", "generations=2")
+    exec(compile(code, f"<usage of {impl}>", "exec"), {})
+    assert "'attack'" in capsys.readouterr().out

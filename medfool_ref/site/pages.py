@@ -280,18 +280,12 @@ def attack_page(c: Catalog, aid: str, results_dir: object = None) -> Page:
         from ..registry import IMPLEMENTATIONS
 
         module, func = IMPLEMENTATIONS[impl]
-        python = ("from medfool_ref.model import load_model\n"
-                  "from medfool_ref.tiles import read_tile\n"
-                  f"from medfool_ref.attacks.{module} import {func}\n\n"
-                  "model = load_model()  # the reference tile classifier (CUDA when available)\n"
-                  "x = read_tile(\"tile.png\")[None].to(next(model.parameters()).device)  # (1, 3, H, W) in [0, 1]\n"
-                  f"result = {func}(model, x)  # keyword-only parameters, see help({func})\n"
-                  "print(result.summary())")
+        python, cli = usage(impl, module, func)
         impl_html = (f"<p>Reference implementation <code>{esc(impl)}</code> "
                      f"(<code>medfool_ref/attacks/{esc(module)}.py</code>). From Python:</p>"
                      f"<pre><code>{esc(python)}</code></pre>"
-                     "<p>From the command line (writes the 8-bit adversarial tile, a comparison figure and report.json):</p>"
-                     f"<pre><code>medfool attack {esc(impl)} --tile TILE.png --out out/ [--set key=value ...]</code></pre>"
+                     "<p>From the command line:</p>"
+                     f"<pre><code>{esc(cli)}</code></pre>"
                      + results_html(impl, results_dir, here))
     else:
         impl_html = ('<p class="mf-none">No reference implementation yet. When one is added it is linked here with the '
@@ -313,6 +307,45 @@ def attack_page(c: Catalog, aid: str, results_dir: object = None) -> Page:
         "<h2>Cite this entry</h2>", f"<pre><code>medfool cite {esc(aid)}</code></pre>",
     )
     return Page(here, a.name, body, tags=(a.family.value, route_of(a).value))
+
+
+_LOAD = ("from medfool_ref.model import load_model\n"
+         "from medfool_ref.tiles import read_tile\n")
+
+
+def usage(impl: str, module: str, func: str) -> tuple[str, str]:
+    """How to call an implementation from Python and from the command line."""
+    if impl == "badnets":
+        return (f"from medfool_ref.attacks.{module} import {func}\n"
+                "from medfool_ref.tiles import sample_tiles, split\n"
+                "from medfool_ref.training import TrainConfig, crop_bank\n\n"
+                "train_tiles, held_out = split(sample_tiles())\n"
+                "result = badnets(crop_bank(train_tiles, crop=64), held_out, config=TrainConfig(steps=400, crop=64),\n"
+                "                 trigger=\"ink-mark\", fraction=0.1)\n"
+                "print(result.metrics)  # CA, ASR, RA of the backdoored model beside a clean one",
+                "medfool poison badnets --out out/ [--target NORM] [--set trigger=pixel-pattern --set fraction=0.1 ...]\n"
+                "# writes backdoored.safetensors, MODEL_CARD.md, report.json and triggered.png")
+    if impl == "fooling-images":
+        return ("from medfool_ref.model import load_model\n"
+                f"from medfool_ref.attacks.{module} import {func}\n\n"
+                "result = fooling_images(load_model(), classes=[8], generations=100)  # 8 = TUM\n"
+                "print(result.summary())",
+                "medfool attack fooling-images --target TUM --out out/   # gallery.png, one PNG per class, report.json")
+    if impl == "patch":
+        return (_LOAD + f"from medfool_ref.attacks.{module} import {func}\n\n"
+                "model = load_model()\n"
+                "x = tiles_batch  # (B, 3, H, W) in [0, 1]: the tiles to train the universal patch on\n"
+                "result = adversarial_patch(model, x, target=6, area=0.1, steps=100)  # 6 = NORM\n"
+                "print(result.extra[\"placements\"])  # success beside grey and noise patches",
+                "medfool attack patch --tile TILE.png --target NORM --set area=0.1 --out out/\n"
+                "medfool attack patch --tile TILE.png --target NORM --set patch_file=out/patch.png --out out2/")
+    return (_LOAD + f"from medfool_ref.attacks.{module} import {func}\n\n"
+            "model = load_model()  # the reference tile classifier (CUDA when available)\n"
+            "x = read_tile(\"tile.png\")[None].to(next(model.parameters()).device)  # (1, 3, H, W) in [0, 1]\n"
+            f"result = {func}(model, x)  # keyword-only parameters, see help({func})\n"
+            "print(result.summary())",
+            f"medfool attack {impl} --tile TILE.png --out out/ [--set key=value ...]\n"
+            "# writes the 8-bit adversarial tile, a comparison figure and report.json")
 
 
 def paper_page(c: Catalog, pid: str) -> Page:
