@@ -335,8 +335,12 @@ def _config_setter(*, steps: int = 800, batch_size: int = 32, crop: int = 96, lr
 
 
 def run_results(args: argparse.Namespace) -> int:
+    from .registry import IMPLEMENTATIONS
     from .results_run import write_results
 
+    unknown = sorted(set(args.only or []) - set(IMPLEMENTATIONS))
+    if unknown:
+        raise ParamError(f"--only {', '.join(unknown)}: unknown attack; known: {', '.join(sorted(IMPLEMENTATIONS))}")
     summary = write_results(Path(args.out), only=args.only)
     for name, s in summary.items():
         print(f"{name}: success rate {s['success_rate']:.0%}")

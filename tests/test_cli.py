@@ -174,3 +174,14 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
     assert bad.returncode == 1
     usage = subprocess.run([str(exe), "frobnicate"], capture_output=True, text=True)
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+def test_show_risk_model(capsys) -> None:
+    code, out, _ = run(capsys, "show", "digital-pathology-service")
+    assert code == 0
+    assert "Scoring rule:" in out and "vendor-backdoor" in out
+
+
+def test_results_rejects_unknown_attacks(capsys) -> None:
+    code, _, err = run(capsys, "results", "--only", "nothing", "--out", "/tmp/never-written")
+    assert code == 2 and "--only nothing: unknown attack" in err

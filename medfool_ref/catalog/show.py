@@ -30,7 +30,23 @@ def paper_links(catalog: Catalog, paper_id: str) -> list[str]:
     return links
 
 
+def show_risk_model(catalog: Catalog) -> str:
+    from .risk import RULE, scores
+
+    rm = catalog.risk_model
+    assert rm is not None
+    lines = [rm.name, "=" * len(rm.name), "kind:                  risk model", f"id:                    {rm.id}", "", rm.summary, ""]
+    lines += [f"stages: {', '.join(s.id for s in rm.stages)}", f"roles: {', '.join(r.id for r in rm.roles)}",
+              f"motives: {', '.join(m.id for m in rm.motives)}", "", "Scoring rule:"] + [f"  {r}" for r in RULE] + ["", "Scenarios by risk:"]
+    for sc in scores(catalog):
+        lines.append(f"  {sc.risk:>2} {sc.band:8} {sc.scenario:28} {sc.attack} (likelihood {sc.likelihood} x severity {sc.severity})")
+    lines += ["", "site page: risk-model.html"]
+    return "\n".join(lines)
+
+
 def show(catalog: Catalog, entry_id: str) -> str:
+    if catalog.risk_model is not None and entry_id == catalog.risk_model.id:
+        return show_risk_model(catalog)
     kind = catalog.kind_of(entry_id)
     obj = catalog.get(entry_id)
     assert obj is not None and kind is not None
