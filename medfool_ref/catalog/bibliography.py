@@ -31,11 +31,15 @@ class Bibliography:
 
 
 def _entry_lines(text: str) -> list[tuple[str, int]]:
+    """(key, line) of every entry; lines are counted incrementally, so a large file costs linear time."""
     out = []
+    line, pos = 1, 0
     for m in _ENTRY_START.finditer(text):
+        line += text.count("\n", pos, m.start())
+        pos = m.start()
         if m.group(1).lower() in _NON_ENTRIES:
             continue
-        out.append((m.group(2), text.count("\n", 0, m.start()) + 1))
+        out.append((m.group(2), line))
     return out
 
 
