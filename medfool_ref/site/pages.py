@@ -100,7 +100,8 @@ def home(c: Catalog) -> Page:
         f"<li><strong>Pathologists and clinicians</strong>: start with the {link(here, 'domains/histopathology.md', 'histopathology domain')} "
         f"and the {link(here, 'risk-model.md', 'severity scale')} grounded in clinical consequences.</li>"
         f"<li><strong>Medical-AI developers</strong>: the {link(here, 'attacks/index.md', 'attack pages')} give threat-model facets, "
-        f"reference implementations and the {link(here, 'defences/index.md', 'defences')} that counter them.</li>"
+        f"reference implementations, the {link(here, 'reference-model.md', 'reference tile classifier')} they run against, "
+        f"and the {link(here, 'defences/index.md', 'defences')} that counter them.</li>"
         f"<li><strong>Researchers</strong>: {link(here, 'table1.md', 'Table 1')} reproduces the survey and extends it over the "
         f"catalog; {link(here, 'cite.md', 'cite and download')} gives BibTeX, CSL-JSON and the JSON export.</li>"
         "</ul>",
@@ -526,6 +527,7 @@ def nav(c: Catalog) -> list[object]:
         section("domain", sorted(c.domains, key=lambda d: c.domains[d].order)),
         section("defence", list(c.defences)),
         section("dataset", list(c.datasets)),
+        {"Reference model": "reference-model.md"},
         {"Cite and download": "cite.md"},
         {"Adding an entry": "contributing.md"},
     ]
