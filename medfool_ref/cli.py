@@ -193,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # an output path the user gave cannot be written, a disk is full...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medfool: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -86,8 +86,6 @@ def _per_tile_attack(name: str, params: dict[str, Any], limit: int | None = None
                 if key in r.extra:
                     vals = r.extra[key][r.success] if key == "rho" else r.extra[key]
                     extra.setdefault(key, []).extend(vals.tolist())
-            if "pgd_expected_success" in r.extra:
-                extra.setdefault("pgd_expected_success", []).extend(r.extra["pgd_expected_success"].tolist())
             tum = (y == CLASSES.index("TUM")) & r.success
             if example is None and bool(tum.any()):
                 i = int(tum.nonzero()[0])

@@ -9,7 +9,6 @@ augmentation, which is where a backdoor trigger or poison is applied without wri
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -149,27 +148,3 @@ def evaluate(model: TileClassifier, tiles: list[Tile]) -> dict[str, object]:
         "predictions": [CLASSES[p] for p in preds.tolist()],
         "truth": [t.label for t in tiles],
     }
-
-
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
-@torch.no_grad()
-def predict_tiles(model: TileClassifier, tiles: list[Tile],
-                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Predicted class of whole tiles, one forward per tile size; ``transform`` (e.g. a trigger) is applied first."""
-    device = next(model.parameters()).device
-    images = [read_tile(t.path) for t in tiles]
-    preds = torch.empty(len(tiles), dtype=torch.long)
-    by_size: dict[int, list[int]] = {}
-    for i, x in enumerate(images):
-        by_size.setdefault(x.shape[-1], []).append(i)
-    for idxs in by_size.values():
-        batch = torch.stack([images[i] for i in idxs]).to(device)
-        if transform is not None:
-            batch = transform(batch)
-        preds[idxs] = model(batch).argmax(1).cpu()
-    return preds

@@ -142,3 +142,10 @@ def test_console_script_attack_exit_code(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "medfool"
     bad = subprocess.run([str(exe), "attack", "pgd", "--tile", str(tmp_path / "none.png"), "--out", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output folder should go")
+    code, _, err = run(capsys, "attack", "fgsm", "--tile", str(TUMOUR_TILE), "--out", str(blocker))
+    assert code == 2 and str(blocker) in err and "Traceback" not in err

@@ -13,7 +13,6 @@ accuracy (triggered tiles still classified correctly).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -134,8 +133,3 @@ def badnets(bank: CropBank, held_out: list[Tile], *, config: TrainConfig | None 
     params = {"fraction": fraction, "target": CLASSES[target], "mode": mode, "trigger": trigger,
               "trigger_size": trigger_size, "config": config.as_dict()}
     return BackdoorResult(bad_model, clean_model, metrics, params)
-
-
-def trigger_area(trigger: str, size: int) -> float:
-    _, alpha = make_trigger(trigger, size)
-    return float(alpha.sum()) / (size * size) if size else math.nan
