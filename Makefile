@@ -8,13 +8,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ADDR ?= 127.0.0.1:8000
+TORCHATTACKS := torchattacks==3.5.1
 
-.PHONY: serve build test validate chromium clean
+.PHONY: serve build test validate chromium clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	# torchattacks is a peer for the oracle tests and benchmarks; it pins requests~=2.25 (which
+	# mkdocs-material cannot use) and pulls torchvision (a second torch build) but imports neither
+	$(PY) -m pip install --quiet --no-deps $(TORCHATTACKS)
 	touch $@
 
 # real runs of every reference attack on the sample tiles (a few minutes on 2 cores), redone when the code changes
@@ -38,6 +42,10 @@ chromium:
 
 test: $(VENV)/.installed chromium
 	$(PY) -m pytest
+
+# the side-by-side comparison with torchattacks, Foolbox and ART (not part of the tests; see benchmarks/README.md)
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) site test-artifacts .pytest_cache

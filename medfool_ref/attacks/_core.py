@@ -141,18 +141,26 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def prepare(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, target: int | torch.Tensor | None,
-            num_classes: int | None = None) -> tuple[CountingModel, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Validate inputs; return the counting model, a private copy of the images, labels, target and clean logits."""
+            num_classes: int | None = None, *, clean_logits: Callable[[CountingModel, torch.Tensor], torch.Tensor] | None = None
+            ) -> tuple[CountingModel, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Validate inputs; return the counting model, a private copy of the images, labels, target and clean logits.
+
+    ``clean_logits`` lets an attack obtain the clean logits from a forward pass it needs anyway
+    (FGSM's gradient pass) instead of a separate no-grad pass.
+    """
     check_images(images)
     device = model_device(model)
     if images.device != device:
         raise ValueError(f"images are on {images.device} but the model is on {device}")
     counted = CountingModel(model)
     x = images.detach().clone()
-    with torch.no_grad():
-        logits = counted(x)
+    if clean_logits is None:
+        with torch.no_grad():
+            logits = counted(x)
+    else:
+        logits = clean_logits(counted, x)
     n_cls = num_classes or logits.shape[1]
-    pred = logits.argmax(1)
+    pred = logits.detach().argmax(1)
     if labels is None:
         y = pred.clone()
     else:

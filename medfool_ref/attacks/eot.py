@@ -36,7 +36,8 @@ def expected_success(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     for start in range(0, rep.shape[0], chunk):
         part = T.TransformBatch(tb.theta[start:start + chunk], tb.stain_scale[start:start + chunk], tb.stain_shift[start:start + chunk],
                                 tb.blur_sigma[start:start + chunk], tb.noise_std[start:start + chunk],
-                                None if tb.noise is None else tb.noise[start:start + chunk], tb.identity)
+                                None if tb.noise is None else tb.noise[start:start + chunk], tb.identity, tb.geometric,
+                                tb.stain, tb.blur)
         preds.append(model(T.apply(rep[start:start + chunk], part)).argmax(1))
     pred = torch.cat(preds).view(b, draws)
     goal = (target if target is not None else labels)[:, None]

@@ -39,10 +39,18 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = N
     check_positive("eps", eps, upper=1.0 if norm == "linf" else None)
     check_choice("norm", norm, NORMS)
     started = time.perf_counter()
-    counted, x, y, t, logits0, _ = prepare(model, images, labels, target)
-    xa = x.clone().requires_grad_(True)
+    held: dict[str, torch.Tensor] = {}
+
+    def grad_forward(counted: CountingModel, x: torch.Tensor) -> torch.Tensor:
+        held["xa"] = x.clone().requires_grad_(True)
+        held["logits"] = counted(held["xa"])  # the one forward FGSM needs also gives the clean logits
+        return held["logits"]
+
+    counted, x, y, t, _, _ = prepare(model, images, labels, target, clean_logits=grad_forward)
+    xa, logits = held["xa"], held["logits"]
+    logits0 = logits.detach()
     goal = t if t is not None else y
-    loss = F.cross_entropy(counted(xa), goal, reduction="sum")
+    loss = F.cross_entropy(logits, goal, reduction="sum")
     g = counted.grad(loss, xa)
     sign = -1.0 if t is not None else 1.0
     adv = (x + sign * eps * _direction(g, norm)).clamp(0, 1).detach()
@@ -50,6 +58,50 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = N
         adv = (x + _project(adv - x, eps, norm)).clamp(0, 1)
     params = {"eps": eps, "norm": norm, "targeted": t is not None}
     return finish("fgsm", counted, x, adv, y, t, logits0, 1, started, params)
+
+
+def _pgd_linf(counted: CountingModel, x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
+              goal: torch.Tensor, signed_step: float, eps: float, steps: int, early_stop: bool,
+              progress: Progress | None) -> tuple[torch.Tensor, int]:
+    """The L-inf loop on the adversarial batch itself, with the box [x - eps, x + eps] ∩ [0, 1] computed once.
+
+    Only the still-active samples are carried (gathered again only when some finish), so a step
+    costs one forward+backward and three elementwise operations.
+    """
+    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+    out = adv.clone()
+    idx = torch.arange(x.shape[0], device=x.device)
+    cur, cur_lo, cur_hi, cur_y, cur_goal = adv, lo, hi, y, goal
+    cur_t = t
+    iterations = 0
+    for i in range(steps):
+        if idx.numel() == 0:
+            break
+        iterations = i + 1
+        xa = cur.detach().requires_grad_(True)
+        logits = counted(xa)
+        keep = None
+        if early_stop:
+            done = is_success(logits.argmax(1), cur_y, cur_t)
+            if bool(done.any()):
+                out[idx[done]] = cur[done]  # frozen where it first fools the model
+                keep = ~done
+                if not bool(keep.any()):
+                    idx = idx[:0]
+                    break
+        if keep is None:
+            g = counted.grad(F.cross_entropy(logits, cur_goal, reduction="sum"), xa)
+        else:  # the survivors' loss only; this step's backward still spans the batch it was computed on
+            g = counted.grad(F.cross_entropy(logits[keep], cur_goal[keep], reduction="sum"), xa)[keep]
+            xa = xa[keep]
+            idx, cur_lo, cur_hi, cur_y, cur_goal = idx[keep], cur_lo[keep], cur_hi[keep], cur_y[keep], cur_goal[keep]
+            cur_t = cur_t[keep] if cur_t is not None else None
+        cur = torch.clamp(xa.detach() + signed_step * g.sign(), cur_lo, cur_hi)
+        if progress is not None:
+            progress(i + 1, steps)
+    if idx.numel():
+        out[idx] = cur
+    return out.detach(), iterations
 
 
 def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -83,32 +135,35 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = No
         delta = torch.zeros_like(x)
     goal = t if t is not None else y
     sign = -1.0 if t is not None else 1.0
-    active = torch.arange(b, device=x.device)
-    iterations = 0
-    for i in range(steps):
-        if active.numel() == 0:
-            break
-        iterations = i + 1
-        xa = (x[active] + delta[active]).requires_grad_(True)
-        logits = counted(xa)
-        if early_stop:
-            done = is_success(logits.argmax(1), y[active], t[active] if t is not None else None)
-            if bool(done.all()):
-                active = active[:0]
+    if norm == "linf":
+        adv, iterations = _pgd_linf(counted, x, (x + delta).detach(), y, t, goal, sign * step_size, eps, steps, early_stop, progress)
+        delta = adv - x
+    else:
+        active = torch.arange(b, device=x.device)
+        iterations = 0
+        for i in range(steps):
+            if active.numel() == 0:
                 break
-        loss = F.cross_entropy(logits, goal[active], reduction="sum")
-        g = counted.grad(loss, xa)
-        step = delta[active] + sign * step_size * _direction(g, norm)
-        step = _project(step, eps, norm)
-        step = (x[active] + step).clamp(0, 1) - x[active]
-        if early_stop:
-            keep = ~done
-            delta[active[keep]] = step[keep].detach()
-            active = active[keep]
-        else:
-            delta[active] = step.detach()
-        if progress is not None:
-            progress(i + 1, steps)
+            iterations = i + 1
+            xa = (x[active] + delta[active]).requires_grad_(True)
+            logits = counted(xa)
+            if early_stop:
+                done = is_success(logits.argmax(1), y[active], t[active] if t is not None else None)
+                if bool(done.all()):
+                    break
+            loss = F.cross_entropy(logits, goal[active], reduction="sum")
+            g = counted.grad(loss, xa)
+            step = delta[active] + sign * step_size * _direction(g, norm)
+            step = _project(step, eps, norm)
+            step = (x[active] + step).clamp(0, 1) - x[active]
+            if early_stop:
+                keep = ~done
+                delta[active[keep]] = step[keep].detach()
+                active = active[keep]
+            else:
+                delta[active] = step.detach()
+            if progress is not None:
+                progress(i + 1, steps)
     adv = (x + delta).clamp(0, 1).detach()
     params = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "random_start": random_start,
               "early_stop": early_stop, "seed": seed, "targeted": t is not None}

@@ -48,6 +48,9 @@ class TransformBatch:
     noise_std: torch.Tensor  # (N,)
     noise: torch.Tensor | None  # (N, C, H, W) drawn lazily for the image size
     identity: bool
+    geometric: bool = True  # False: the config has no flip, rotation, scaling or shift (skip the resampling)
+    stain: bool = True  # False: no stain jitter configured
+    blur: bool = True  # False: no blur configured
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -81,7 +84,9 @@ def sample(n: int, config: TransformConfig, gen: torch.Generator, device: torch.
     if image_shape is not None and config.max_noise > 0:
         noise = torch.randn((n, *image_shape), device=device, generator=gen)
     ident = config == TransformConfig.identity()
-    return TransformBatch(theta, stain_scale, stain_shift, blur, noise_std, noise, ident)
+    geometric = config.dihedral or config.max_rotation_deg > 0 or config.scale_range != (1.0, 1.0) or config.max_shift > 0
+    return TransformBatch(theta, stain_scale, stain_shift, blur, noise_std, noise, ident, geometric,
+                          config.stain_scale > 0 or config.stain_shift > 0, config.max_blur_sigma > 0)
 
 
 def stain_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -111,10 +116,14 @@ def apply(x: torch.Tensor, t: TransformBatch) -> torch.Tensor:
     """Apply sampled transformations to a batch (N must match), differentiably."""
     if t.identity:
         return x
-    grid = F.affine_grid(t.theta.to(x), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    out = stain_jitter(out, t.stain_scale.to(x), t.stain_shift.to(x))
-    out = gaussian_blur(out, t.blur_sigma.to(x))
+    out = x
+    if t.geometric:
+        grid = F.affine_grid(t.theta.to(x), list(x.shape), align_corners=False)
+        out = F.grid_sample(out, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if t.stain:
+        out = stain_jitter(out, t.stain_scale.to(x), t.stain_shift.to(x))
+    if t.blur:
+        out = gaussian_blur(out, t.blur_sigma.to(x))
     if t.noise is not None:
         out = out + t.noise.to(x) * t.noise_std.to(x).view(-1, 1, 1, 1)
     return out.clamp(0, 1)

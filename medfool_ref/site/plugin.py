@@ -15,6 +15,7 @@ from mkdocs.structure.files import File, Files
 from ..catalog import CatalogError, Severity, load_catalog
 from ..catalog.cite import full_bibtex, full_csl
 from ..catalog.export import export_json, json_schema
+from .benchmarks import benchmarks_page
 from .html import esc
 from .pages import all_pages, nav
 from .results import result_files
@@ -25,6 +26,7 @@ ASSETS = Path(__file__).parent / "assets"
 class MedfoolConfig(Config):
     root = config_options.Optional(config_options.Type(str))  # folder with catalog/ and bib/; default: mkdocs.yml's folder
     results = config_options.Optional(config_options.Type(str))  # folder of reference-run results
+    benchmarks = config_options.Optional(config_options.Type(str))  # folder of committed benchmark results
 
 
 class MedfoolPlugin(BasePlugin[MedfoolConfig]):
@@ -41,7 +43,12 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
         results = self.config.results
         self.results_dir = (base / results) if results else None
         self.pages = all_pages(self.catalog, self.results_dir)
-        config.nav = _escape_nav(nav(self.catalog))
+        items = nav(self.catalog)
+        bench = benchmarks_page(base / self.config.benchmarks) if self.config.benchmarks else None
+        if bench is not None:
+            self.pages.append(bench)
+            items.insert(len(items) - 2, {"Benchmarks": bench.uri})
+        config.nav = _escape_nav(items)
         for css in ("assets/medfool.css",):
             if css not in config.extra_css:
                 config.extra_css.append(css)

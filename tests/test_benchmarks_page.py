@@ -1,0 +1,44 @@
+"""The Benchmarks page is rendered from committed result files; their text is data and is escaped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medfool_ref.site.benchmarks import benchmarks_page
+from medfool_ref.site.plugin import MedfoolPlugin  # noqa: F401  (the page is wired through the plugin)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_results_no_page(tmp_path: Path) -> None:
+    assert benchmarks_page(None) is None
+    assert benchmarks_page(tmp_path) is None
+
+
+def test_rows_are_rendered_and_escaped(tmp_path: Path) -> None:
+    data = {"date": "2026-11-26", "machine": {"machine": "x86_64", "device": "cpu", "cpu_count": 2, "torch_threads": 2},
+            "versions": {"medfool": "0.1.0", "torchattacks": "<script>alert(1)</script>"},
+            "tiles": {"count": 4, "size_px": 224},
+            "rows": [{"attack": "PGD", "implementation": "<img src=x onerror=alert(1)>", "seconds": 1.5, "ratio_to_medfool": 2.0,
+                      "success_rate": 0.95, "median_l2": 3.2, "median_linf": 0.031, "forward_images": 10,
+                      "backward_images": 40, "note": "n"}]}
+    (tmp_path / "peers-cpu.json").write_text(json.dumps(data))
+    (tmp_path / "catalog-scale.json").write_text(json.dumps({"date": "d", "machine": "m", "rows": [
+        {"entries_added": 100, "validate_s": 0.07, "export_s": 0.002, "export_mb": 0.2, "peak_rss_mb": 36}]}))
+    page = benchmarks_page(tmp_path)
+    assert page is not None and page.uri == "benchmarks.md"
+    assert "<script>" not in page.body and "<img" not in page.body
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page.body
+    assert "95%" in page.body and "The catalog at scale" in page.body
+
+
+def test_committed_results_render() -> None:
+    folder = ROOT / "benchmarks" / "results"
+    page = benchmarks_page(folder)
+    assert page is not None
+    for path in folder.glob("peers-*.json"):
+        rows = json.loads(path.read_text())["rows"]
+        impls = {r["implementation"] for r in rows}
+        assert {"medfool", "torchattacks", "foolbox", "art"} <= impls, path
+        assert all(r["seconds"] > 0 for r in rows)
