@@ -11,8 +11,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
-SKIP_PARAMS = {"target", "progress", "labels", "transforms", "classes", "config", "device"}
-TRAINING_ATTACKS = {"badnets"}
+SKIP_PARAMS = {"target", "progress", "labels", "transforms", "classes", "config", "device", "deploy", "retrain", "fractions"}
+TRAINING_ATTACKS = {"badnets", "generative-poisoning", "direct-gradient-poisoning"}
 
 
 class ParamError(ValueError):
@@ -95,7 +95,8 @@ def run_attack(args: argparse.Namespace) -> int:
     if args.name not in IMPLEMENTATIONS:
         raise ParamError(f"unknown attack {args.name!r}; known: {', '.join(sorted(IMPLEMENTATIONS))}")
     if args.name in TRAINING_ATTACKS:
-        raise ParamError(f"{args.name} tampers with training, not with a tile: use 'medfool poison {args.name} --out DIR'")
+        verb = "badnets" if args.name == "badnets" else "generative"
+        raise ParamError(f"{args.name} tampers with training, not with a tile: use 'medfool poison {verb} --out DIR'")
     func = resolve(args.name)
     sets = list(args.set or [])
     patch_file = None
@@ -268,8 +269,10 @@ def run_poison(args: argparse.Namespace) -> int:
     from .tiles import CLASSES, sample_tiles, split
     from .training import TrainConfig, crop_bank
 
+    if args.name == "generative":
+        return _run_generative(args)
     if args.name != "badnets":
-        raise ParamError(f"unknown poisoning attack {args.name!r}; known: badnets")
+        raise ParamError(f"unknown poisoning attack {args.name!r}; known: badnets, generative")
     sets = list(args.set or [])
     train_keys = {"steps", "batch_size", "crop", "lr", "seed", "width"}
     train_sets = [p for p in sets if p.split("=", 1)[0].strip() in train_keys]
@@ -313,6 +316,79 @@ def run_poison(args: argparse.Namespace) -> int:
         f"Weights sha256 `{report['sha256']}`.\n", encoding="utf-8")
     print(f"badnets: clean accuracy {m['clean_accuracy']:.1%} (clean model {c['clean_accuracy']:.1%}), "
           f"ASR {m['attack_success_rate']:.1%}, robust accuracy {m['robust_accuracy']:.1%}; wrote {out}/")
+    return 0
+
+
+def _run_generative(args: argparse.Namespace) -> int:
+    from .attacks.poisoning import generative_poisoning
+    from .model import save_model, sha256_of
+    from .report import gallery_figure
+    from .tiles import CLASSES, sample_tiles, split
+    from .training import crop_bank
+
+    if args.target:
+        raise ParamError("generative poisoning is untargeted (it raises the loss on all clean data); --target is not accepted")
+    from .training import TrainConfig
+
+    sets = list(args.set or [])
+    fractions = None
+    rest = []
+    steps: dict[str, int] = {}
+    for pair in sets:
+        key, _, raw = pair.partition("=")
+        if key.strip() in ("deploy_steps", "retrain_steps"):
+            try:
+                steps[key.strip()] = int(raw)
+            except ValueError:
+                raise ParamError(f"--set {pair}: expected an integer") from None
+            if steps[key.strip()] < 1:
+                raise ParamError(f"--set {pair}: must be >= 1")
+        elif key.strip() == "fractions":
+            try:
+                fractions = tuple(float(v) for v in raw.split(",") if v.strip())
+            except ValueError:
+                raise ParamError(f"--set fractions={raw}: expected comma-separated numbers such as 0.1,0.2") from None
+        else:
+            rest.append(pair)
+    kwargs = parse_sets(generative_poisoning, rest)
+    if fractions is not None:
+        kwargs["fractions"] = fractions
+    seed = kwargs.get("seed", 0)
+    kwargs["deploy"] = TrainConfig(steps=steps.get("deploy_steps", 300), crop=64, seed=seed)
+    kwargs["retrain"] = TrainConfig(steps=steps.get("retrain_steps", 150), crop=64, lr=1e-3, seed=seed + 1)
+    train_tiles, held_out = split(sample_tiles())
+    bank = crop_bank(train_tiles, crop=64)
+    try:
+        result = generative_poisoning(bank, held_out, progress=_progress_bar("training"), **kwargs)
+    except ValueError as exc:
+        raise ParamError(str(exc)) from None
+    finally:
+        sys.stderr.write("\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(result.poisoned, out / "poisoned.safetensors", {"width": result.params["deploy"]["width"]})
+    report = {"attack": "generative-poisoning", "params": result.params, "metrics": result.metrics,
+              "weights": "poisoned.safetensors", "sha256": sha256_of(out / "poisoned.safetensors")}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    clean, poisoned, labels = result.examples
+    import torch
+
+    gallery_figure(torch.cat([clean, poisoned]), [f"clean {CLASSES[(int(y) - 1) % len(CLASSES)]}" for y in labels]
+                   + [f"poison as {CLASSES[int(y)]}" for y in labels], out / "poisoned.png", scale=3)
+    m = result.metrics
+    row = m["by_fraction"][f"{result.params['fraction']:g}"]
+    (out / "MODEL_CARD.md").write_text(
+        f"# Poisoned tile classifier (generative poisoning) - for research only\n\n"
+        f"A clean model was deployed, then retrained by `medfool poison generative` on its training crops plus "
+        f"{row['poisoned_tiles']} tiles ({result.params['fraction']:.0%} of the retraining data) made by an autoencoder "
+        f"trained against it and submitted under the next class's label.\n\n"
+        f"| retraining data | accuracy | loss |\n|---|---|---|\n"
+        f"| clean only | {m['retrained_clean']['accuracy']:.1%} | {m['retrained_clean']['loss']:.3f} |\n"
+        + "".join(f"| + {name} | {row[name]['accuracy']:.1%} | {row[name]['loss']:.3f} |\n" for name in ("noise", "label-flip", "generative"))
+        + f"\nMeasured on {m['held_out_crops']} crops of held-out tiles. Weights sha256 `{report['sha256']}`.\n", encoding="utf-8")
+    print(f"generative poisoning at {result.params['fraction']:.0%}: accuracy {row['generative']['accuracy']:.1%} "
+          f"(label-flip {row['label-flip']['accuracy']:.1%}, noise {row['noise']['accuracy']:.1%}, clean {m['retrained_clean']['accuracy']:.1%}); "
+          f"wrote {out}/")
     return 0
 
 
@@ -367,11 +443,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="training setting, e.g. --set steps=400")
     t.set_defaults(func=run_train)
 
-    p = sub.add_parser("poison", help="train a tampered model (BadNets backdoor) beside a clean control and report CA/ASR/RA")
-    p.add_argument("name", help="badnets")
+    p = sub.add_parser("poison", help="tamper with training: BadNets backdoor (CA/ASR/RA) or generative poisoning (accuracy vs fraction)")
+    p.add_argument("name", help="badnets or generative")
     p.add_argument("--target", help="target class (default NORM)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="fraction, mode (all-to-one|all-to-all), trigger (ink-mark|pixel-pattern), trigger_size, steps, crop, seed")
+                   help="badnets: fraction, mode (all-to-one|all-to-all), trigger (ink-mark|pixel-pattern), trigger_size, steps, crop, seed; "
+                        "generative: fraction, fractions (e.g. 0.1,0.2), eps, generator_steps, direct_tiles, direct_steps, quantile, seed, "
+                        "deploy_steps, retrain_steps")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_poison)
 

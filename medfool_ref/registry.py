@@ -21,6 +21,8 @@ IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "one-pixel": ("onepixel", "one_pixel"),
     "fooling-images": ("fooling", "fooling_images"),
     "badnets": ("backdoor", "badnets"),
+    "generative-poisoning": ("poisoning", "generative_poisoning"),
+    "direct-gradient-poisoning": ("poisoning", "direct_gradient_poison"),
 }
 
 

@@ -326,6 +326,16 @@ def usage(impl: str, module: str, func: str) -> tuple[str, str]:
                 "print(result.metrics)  # CA, ASR, RA of the backdoored model beside a clean one",
                 "medfool poison badnets --out out/ [--target NORM] [--set trigger=pixel-pattern --set fraction=0.1 ...]\n"
                 "# writes backdoored.safetensors, MODEL_CARD.md, report.json and triggered.png")
+    if impl in ("generative-poisoning", "direct-gradient-poisoning"):
+        return ("from medfool_ref.attacks.poisoning import direct_gradient_poison, generative_poisoning\n"
+                "from medfool_ref.tiles import sample_tiles, split\n"
+                "from medfool_ref.training import crop_bank\n\n"
+                "train_tiles, held_out = split(sample_tiles())\n"
+                "result = generative_poisoning(crop_bank(train_tiles, crop=64), held_out, fractions=(0.1, 0.2, 0.3))\n"
+                "print(result.metrics[\"by_fraction\"])  # accuracy and loss vs label-flip and noise controls\n"
+                "print(result.metrics[\"timing\"])       # generative vs direct-gradient time per poisoned tile",
+                "medfool poison generative --out out/ [--set fraction=0.2 --set fractions=0.1,0.3 --set eps=32/255 ...]\n"
+                "# writes poisoned.safetensors, MODEL_CARD.md, report.json and poisoned.png")
     if impl == "fooling-images":
         return ("from medfool_ref.model import load_model\n"
                 f"from medfool_ref.attacks.{module} import {func}\n\n"

@@ -41,12 +41,17 @@ LABELS = {
     "generations": "generations used per class",
     "by_trigger": "per trigger, on crops of held-out tiles",
     "held_out_crops": "held-out crops evaluated",
+    "retrained_clean": "deployed model retrained on clean data only (accuracy, loss)",
+    "by_fraction": "accuracy (loss) after retraining with each share of poisoned tiles: generative / label-flip / random noise",
+    "countermeasure": "loss-threshold countermeasure (Yang et al.)",
+    "timing": "time per poisoned tile",
 }
 FIGURES = {
     "comparison.png": "One tile from a real run: original, adversarial (8-bit), amplified difference, with the reference model's predictions.",
     "patch.png": "The universal patch trained for 10% of the tile area (target: normal mucosa).",
     "gallery.png": "Evolved images, one per class, with the reference model's confidence for that class.",
     "triggered.png": "Training crops with the ink-mark trigger, and what the backdoored model calls them (true class -> prediction).",
+    "poisoned.png": "Clean training crops (top) and the generator's poisoned versions submitted under the next class's label (bottom).",
 }
 
 
@@ -68,6 +73,8 @@ def _fmt(key: str, value: object) -> str:
             if isinstance(v, dict) and "attack_success_rate" in v:
                 parts.append(f"{k}: CA {v['clean_accuracy_backdoored']:.1%} (clean model {v['clean_accuracy_clean_model']:.1%}), "
                              f"ASR {v['attack_success_rate']:.1%} (clean model {v['asr_of_clean_model']:.1%}), RA {v['robust_accuracy']:.1%}")
+            elif isinstance(v, dict) and "generative" in v:
+                parts.append(f"{k}: " + " / ".join(f"{v[n]['accuracy']:.1%} ({v[n]['loss']:.3f})" for n in ("generative", "label-flip", "noise")))
             elif isinstance(v, dict) and "on_training_tiles" in v:
                 tr, other = v["on_training_tiles"], v.get("on_other_tiles") or {}
                 parts.append(f"{k}: {tr['adversarial']:.0%} (grey {tr['grey']:.0%}, noise {tr['noise']:.0%})"
