@@ -12,7 +12,7 @@ from pathlib import Path
 from medfool_ref.catalog import default_root
 
 ROOT = default_root()
-PROJECT_PARTS = ("catalog", "bib", "docs", "mkdocs.yml", "medfool_ref/data")
+PROJECT_PARTS = ("catalog", "bib", "docs", "mkdocs.yml", "medfool_ref/data", "benchmarks/results")
 
 
 def copy_project(dest: Path) -> Path:

@@ -113,13 +113,16 @@ def test_bad_tiles_get_clear_errors(tmp_path: Path, capsys, kind: str, message: 
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["attack", "cw", "--tile", str(TUMOUR_TILE)], "unknown attack 'cw'; known: badnets, deepfool, eot, fgsm"),
+    (["attack", "cw", "--tile", str(TUMOUR_TILE)], "unknown attack 'cw'; known: badnets, deepfool, direct-gradient-poisoning, eot, fgsm"),
     (["attack", "pgd", "--tile", str(TUMOUR_TILE), "--set", "epsilon=0.1"], "--set epsilon: unknown parameter; this attack takes"),
     (["attack", "pgd", "--tile", str(TUMOUR_TILE), "--set", "steps=many"], "--set steps=many: expected int"),
     (["attack", "pgd", "--tile", str(TUMOUR_TILE), "--set", "eps"], "--set 'eps': expected key=value"),
     (["attack", "pgd", "--tile", str(TUMOUR_TILE), "--set", "eps=-1"], "eps must be > 0"),
     (["attack", "deepfool", "--tile", str(TUMOUR_TILE), "--target", "NORM"], "deepfool is untargeted; --target is not accepted"),
     (["attack", "pgd", "--tile", str(TUMOUR_TILE), "--target", "KIDNEY"], "--target 'KIDNEY': expected one of ADI"),
+    (["attack", "generative-poisoning", "--tile", str(TUMOUR_TILE)], "use 'medfool poison generative --out DIR'"),
+    (["attack", "direct-gradient-poisoning", "--tile", str(TUMOUR_TILE)], "use 'medfool poison generative --out DIR'"),
+    (["poison", "generative", "--set", "retrain_steps=0"], "--set retrain_steps=0: must be >= 1"),
 ])
 def test_bad_arguments_get_clear_errors(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     code, _, err = run(capsys, *argv, "--out", str(tmp_path))

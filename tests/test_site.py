@@ -27,7 +27,7 @@ def test_every_entry_has_a_page(built_site: Path, catalog) -> None:
     for kind, table in catalog.tables().items():
         for entry_id in table:
             assert (built_site / SECTIONS[kind] / f"{entry_id}.html").is_file(), (kind, entry_id)
-    for page in ("index", "table1", "routes", "risk-model", "cite", "contributing", "reference-model"):
+    for page in ("index", "table1", "routes", "risk-model", "cite", "contributing", "reference-model", "benchmarks"):
         assert (built_site / f"{page}.html").is_file()
 
 

@@ -518,10 +518,20 @@ def all_pages(c: Catalog, results_dir: object = None) -> list[Page]:
     return pages
 
 
+NAV_ENTRY_LIMIT = 60  # a larger section is reached through its index page only
+
+
 def nav(c: Catalog) -> list[object]:
-    """The site's navigation, in the order readers need it."""
+    """The site's navigation, in the order readers need it.
+
+    Every page repeats the navigation, so listing every entry would make the build quadratic in
+    the catalog's size; a section with more than ``NAV_ENTRY_LIMIT`` entries lists only its index
+    page (sortable and filterable), which links every entry.
+    """
     def section(kind: str, ids: list[str]) -> dict[str, list[object]]:
         items: list[object] = [f"{sec_dir(kind)}/index.md"]
+        if len(ids) > NAV_ENTRY_LIMIT:
+            return {KIND_TITLES[kind]: items}
         for i in ids:
             obj = c.tables()[kind][i]
             items.append({getattr(obj, "name", None) or i: page_uri(kind, i)})

@@ -10,7 +10,7 @@ from mkdocs.config import config_options
 from mkdocs.config.base import Config
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin
-from mkdocs.structure.files import File, Files
+from mkdocs.structure.files import File, Files, InclusionLevel
 
 from ..catalog import CatalogError, Severity, load_catalog
 from ..catalog.cite import full_bibtex, full_csl
@@ -48,6 +48,7 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
         if bench is not None:
             self.pages.append(bench)
             items.insert(len(items) - 2, {"Benchmarks": bench.uri})
+        self.in_nav = set(_nav_uris(items))
         config.nav = _escape_nav(items)
         for css in ("assets/medfool.css",):
             if css not in config.extra_css:
@@ -58,7 +59,9 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
 
     def on_files(self, files: Files, *, config: Any) -> Files:
         for page in self.pages:
-            _add(files, File.generated(config, page.uri, content=page.markdown()))
+            # entries of a section too large to list in the nav are reached from its index page
+            inclusion = InclusionLevel.UNDEFINED if page.uri in self.in_nav else InclusionLevel.NOT_IN_NAV
+            _add(files, File.generated(config, page.uri, content=page.markdown(), inclusion=inclusion))
         c = self.catalog
         downloads = {
             "downloads/medfool.bib": full_bibtex(c),
@@ -83,6 +86,15 @@ def _add(files: Files, file: File) -> None:
     if existing is not None:
         files.remove(existing)
     files.append(file)
+
+
+def _nav_uris(items: list[Any]) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        values = item.values() if isinstance(item, dict) else [item]
+        for v in values:
+            out += _nav_uris(v) if isinstance(v, list) else [v]
+    return out
 
 
 def _escape_nav(items: list[Any]) -> list[Any]:
