@@ -419,7 +419,13 @@ def run_results(args: argparse.Namespace) -> int:
         raise ParamError(f"--only {', '.join(unknown)}: unknown attack; known: {', '.join(sorted(IMPLEMENTATIONS))}")
     summary = write_results(Path(args.out), only=args.only)
     for name, s in summary.items():
-        print(f"{name}: success rate {s['success_rate']:.0%}")
+        if "success_rate" in s:
+            print(f"{name}: success rate {s['success_rate']:.0%}")
+        elif "accuracy_drop_vs_noise" in s:
+            print(f"{name}: accuracy drop at 20% poison {s['accuracy_drop_vs_noise']:+.1%} vs the noise control "
+                  f"({s['accuracy_drop_vs_label_flip']:+.1%} vs label flip)")
+        else:
+            print(f"{name}: done (see {args.out}/{name}/report.json)")
     return 0
 
 

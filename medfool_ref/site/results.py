@@ -45,6 +45,8 @@ LABELS = {
     "by_fraction": "accuracy (loss) after retraining with each share of poisoned tiles: generative / label-flip / random noise",
     "countermeasure": "loss-threshold countermeasure (Yang et al.)",
     "timing": "time per poisoned tile",
+    "accuracy_drop_vs_noise": "accuracy drop against the random-noise control at 20% poison (negative: the poison did less harm)",
+    "accuracy_drop_vs_label_flip": "accuracy drop against the label-flip control at 20% poison (negative: the poison did less harm)",
 }
 FIGURES = {
     "comparison.png": "One tile from a real run: original, adversarial (8-bit), amplified difference, with the reference model's predictions.",
