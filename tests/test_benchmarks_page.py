@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from medfool_ref.site.benchmarks import benchmarks_page
-from medfool_ref.site.plugin import MedfoolPlugin  # noqa: F401  (the page is wired through the plugin)
 
 ROOT = Path(__file__).resolve().parents[1]
 
