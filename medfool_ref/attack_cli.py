@@ -150,6 +150,7 @@ def run_attack(args: argparse.Namespace) -> int:
     after = (classes[pred_q], float(probs[0, pred_q]))
     comparison_figure(image[0], q[0], before, after, out / "comparison.png")
     delta = (q - image).flatten(1)
+    # pixels are compared on the 8-bit grid: a GPU divides by 255 as a multiplication by 1/255, one ulp away
     report = {
         "attack": args.name,
         "tile": str(args.tile),
@@ -162,7 +163,7 @@ def run_attack(args: argparse.Namespace) -> int:
         "pred_after": after[0],
         "confidence_before": round(before[1], 6),
         "confidence_after": round(after[1], 6),
-        "norms": {"l0_pixels": int((q != image).any(dim=1).sum()), "l2": float(delta.norm()), "linf": float(delta.abs().max()),
+        "norms": {"l0_pixels": int(((q * 255).round() != (image * 255).round()).any(dim=1).sum()), "l2": float(delta.norm()), "linf": float(delta.abs().max()),
                   "linf_255": round(float(delta.abs().max()) * 255, 3)},
         "queries": {"forward_calls": result.forward_calls, "forward_images": result.forward_images,
                     "backward_calls": result.backward_calls, "backward_images": result.backward_images},
@@ -264,7 +265,7 @@ def run_poison(args: argparse.Namespace) -> int:
     import torch
 
     from .attacks.backdoor import apply_trigger, badnets, make_trigger
-    from .model import save_model
+    from .model import default_device, save_model
     from .report import gallery_figure
     from .tiles import CLASSES, sample_tiles, split
     from .training import TrainConfig, crop_bank
@@ -286,7 +287,7 @@ def run_poison(args: argparse.Namespace) -> int:
     train_tiles, held_out = split(sample_tiles())
     bank = crop_bank(train_tiles, crop=config.crop)
     try:
-        result = badnets(bank, held_out, config=config, progress=_progress_bar("training"), **kwargs)
+        result = badnets(bank, held_out, config=config, device=default_device(), progress=_progress_bar("training"), **kwargs)
     except ValueError as exc:
         raise ParamError(str(exc)) from None
     out = Path(args.out)
@@ -294,14 +295,14 @@ def run_poison(args: argparse.Namespace) -> int:
     save_model(result.backdoored, out / "backdoored.safetensors", {"width": config.width})
     from .model import sha256_of
 
-    report = {"attack": "badnets", "params": result.params, "metrics": result.metrics,
+    report = {"attack": "badnets", "device": str(default_device()), "params": result.params, "metrics": result.metrics,
               "weights": "backdoored.safetensors", "sha256": sha256_of(out / "backdoored.safetensors")}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     colour, alpha = make_trigger(result.params["trigger"], result.params["trigger_size"])
     examples = bank.images[:: max(len(bank.images) // 4, 1)][:4].float().div(255)
     stamped = apply_trigger(examples, colour, alpha)
     with torch.no_grad():
-        preds = result.backdoored(stamped).argmax(1).tolist()
+        preds = result.backdoored(stamped.to(default_device())).argmax(1).tolist()
     gallery_figure(stamped, [f"-> {CLASSES[p]}" for p in preds], out / "triggered.png", scale=3)
     m, c = result.metrics["backdoored_model"], result.metrics["clean_model"]
     (out / "MODEL_CARD.md").write_text(
@@ -321,7 +322,7 @@ def run_poison(args: argparse.Namespace) -> int:
 
 def _run_generative(args: argparse.Namespace) -> int:
     from .attacks.poisoning import generative_poisoning
-    from .model import save_model, sha256_of
+    from .model import default_device, save_model, sha256_of
     from .report import gallery_figure
     from .tiles import CLASSES, sample_tiles, split
     from .training import crop_bank
@@ -359,7 +360,7 @@ def _run_generative(args: argparse.Namespace) -> int:
     train_tiles, held_out = split(sample_tiles())
     bank = crop_bank(train_tiles, crop=64)
     try:
-        result = generative_poisoning(bank, held_out, progress=_progress_bar("training"), **kwargs)
+        result = generative_poisoning(bank, held_out, device=default_device(), progress=_progress_bar("training"), **kwargs)
     except ValueError as exc:
         raise ParamError(str(exc)) from None
     finally:
@@ -367,7 +368,7 @@ def _run_generative(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_model(result.poisoned, out / "poisoned.safetensors", {"width": result.params["deploy"]["width"]})
-    report = {"attack": "generative-poisoning", "params": result.params, "metrics": result.metrics,
+    report = {"attack": "generative-poisoning", "device": str(default_device()), "params": result.params, "metrics": result.metrics,
               "weights": "poisoned.safetensors", "sha256": sha256_of(out / "poisoned.safetensors")}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     clean, poisoned, labels = result.examples
@@ -381,10 +382,12 @@ def _run_generative(args: argparse.Namespace) -> int:
         f"# Poisoned tile classifier (generative poisoning) - for research only\n\n"
         f"A clean model was deployed, then retrained by `medfool poison generative` on its training crops plus "
         f"{row['poisoned_tiles']} tiles ({result.params['fraction']:.0%} of the retraining data) made by an autoencoder "
-        f"trained against it and submitted under the next class's label.\n\n"
+        f"trained against it (objective: {result.params['objective']}) and submitted under the next class's label. "
+        f"Rows other than 'generative' are controls and comparisons, each retrained the same way.\n\n"
         f"| retraining data | accuracy | loss |\n|---|---|---|\n"
         f"| clean only | {m['retrained_clean']['accuracy']:.1%} | {m['retrained_clean']['loss']:.3f} |\n"
-        + "".join(f"| + {name} | {row[name]['accuracy']:.1%} | {row[name]['loss']:.3f} |\n" for name in ("noise", "label-flip", "generative"))
+        + "".join(f"| + {name} | {row[name]['accuracy']:.1%} | {row[name]['loss']:.3f} |\n"
+                  for name in ("noise", "label-flip", "generative-reward", "generative") if name in row)
         + f"\nMeasured on {m['held_out_crops']} crops of held-out tiles. Weights sha256 `{report['sha256']}`.\n", encoding="utf-8")
     print(f"generative poisoning at {result.params['fraction']:.0%}: accuracy {row['generative']['accuracy']:.1%} "
           f"(label-flip {row['label-flip']['accuracy']:.1%}, noise {row['noise']['accuracy']:.1%}, clean {m['retrained_clean']['accuracy']:.1%}); "
@@ -454,8 +457,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--target", help="target class (default NORM)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="badnets: fraction, mode (all-to-one|all-to-all), trigger (ink-mark|pixel-pattern), trigger_size, steps, crop, seed; "
-                        "generative: fraction, fractions (e.g. 0.1,0.2), eps, generator_steps, direct_tiles, direct_steps, quantile, seed, "
-                        "deploy_steps, retrain_steps")
+                        "generative: fraction, fractions (e.g. 0.1,0.2), objective (typical|reward), compare_reward, repeats, eps, "
+                        "generator_steps, direct_tiles, direct_steps, quantile, seed, deploy_steps, retrain_steps")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_poison)
 

@@ -177,7 +177,7 @@ def _badnets_runner(model: TileClassifier, batches: list[Batch], folder: Path) -
     bank = crop_bank(train_tiles, crop=config.crop)
     summary: dict[str, Any] = {"attack": "badnets", "target": "NORM", "by_trigger": {}}
     for trigger, size in (("pixel-pattern", 8), ("ink-mark", 12)):
-        r = badnets(bank, held_out, config=config, trigger=trigger, trigger_size=size, fraction=0.1)
+        r = badnets(bank, held_out, config=config, trigger=trigger, trigger_size=size, fraction=0.1, device=default_device())
         m, c = r.metrics["backdoored_model"], r.metrics["clean_model"]
         summary["by_trigger"][trigger] = {"clean_accuracy_clean_model": c["clean_accuracy"], "clean_accuracy_backdoored": m["clean_accuracy"],
                                           "attack_success_rate": m["attack_success_rate"], "robust_accuracy": m["robust_accuracy"],
@@ -207,7 +207,7 @@ def _poisoning_result() -> Any:
 
         train_tiles, held_out = split(sample_tiles())
         _POISONING["result"] = generative_poisoning(crop_bank(train_tiles, crop=64), held_out, fractions=(0.1, 0.2, 0.3),
-                                                    device=default_device())
+                                                    repeats=3, device=default_device())
     return _POISONING["result"]
 
 
@@ -220,12 +220,14 @@ def _poisoning_summary(r: Any) -> dict[str, Any]:
         "by_fraction": {f"{float(k):.0%}": v for k, v in m["by_fraction"].items()},
         "accuracy_drop_vs_noise": row["noise"]["accuracy"] - row["generative"]["accuracy"],
         "accuracy_drop_vs_label_flip": row["label-flip"]["accuracy"] - row["generative"]["accuracy"],
+        "accuracy_drop_reward_generator_vs_noise": row["noise"]["accuracy"] - row["generative-reward"]["accuracy"],
         "timing": {"generative_s_per_tile": t["generative_s_per_tile"], "direct_s_per_tile": t.get("direct_s_per_tile"),
                    "speedup_generation_only": t.get("speedup_generation_only"), "generator_training_s": t["generator_training_s"]},
         "countermeasure": {k: v for k, v in m["countermeasure"].items() if k != "quantile"},
         "held_out_crops": m["held_out_crops"],
-        "params": {"fraction": r.params["fraction"], "eps_255": round(r.params["eps"] * 255), "labels": r.params["labels"],
-                   "generator_steps": r.params["generator_steps"]},
+        "params": {"fraction": r.params["fraction"], "objective": r.params["objective"], "eps_255": round(r.params["eps"] * 255),
+                   "labels": r.params["labels"], "generator_steps": r.params["generator_steps"],
+                   "retrainings_averaged": r.params["repeats"]},
     }
 
 

@@ -9,8 +9,9 @@ augmentation, which is where a backdoor trigger or poison is applied without wri
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -83,12 +84,32 @@ def augment(x: torch.Tensor, gen: torch.Generator, jitter: float) -> torch.Tenso
 def train(bank: CropBank, config: TrainConfig, *, device: torch.device | str = "cpu",
           batch_hook: BatchHook | None = None, progress: Callable[[int, int, float], None] | None = None,
           init: TileClassifier | None = None) -> TileClassifier:
-    """Train a :class:`TileClassifier` on the crop bank; deterministic for a given seed and device.
+    """Train a :class:`TileClassifier` on the crop bank; deterministic for a given seed and device (on CUDA
+    cuDNN is held to its deterministic convolution algorithms while training).
 
     With ``init`` the given model is copied and training continues from it (fine-tuning on new
     data, as a service that keeps learning would); otherwise a fresh model is trained.
     """
     device = torch.device(device)
+    with _deterministic_cudnn(device):
+        return _train(bank, config, device, batch_hook, progress, init)
+
+
+@contextmanager
+def _deterministic_cudnn(device: torch.device) -> Iterator[None]:
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def _train(bank: CropBank, config: TrainConfig, device: torch.device, batch_hook: BatchHook | None,
+           progress: Callable[[int, int, float], None] | None, init: TileClassifier | None) -> TileClassifier:
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     images = bank.images.to(device)
@@ -102,7 +123,11 @@ def train(bank: CropBank, config: TrainConfig, *, device: torch.device | str = "
     else:
         model = TileClassifier(TileNet(len(CLASSES), config.width), mean, std).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.2)
+    if config.steps >= 4:  # one-cycle needs a warm-up step and an annealing step; 20% warm-up unless that is < 2 steps
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps,
+                                                    pct_start=max(0.2, 2 / config.steps))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     counts = torch.bincount(labels, minlength=len(CLASSES)).float()
     weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))[labels]
     model.train()

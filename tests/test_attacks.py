@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from medfool_ref.attacks import deepfool, fgsm, pgd
+from devices import DEVICE
 from medfool_ref.model import load_model
 from medfool_ref.results_run import correct_batches
 from medfool_ref.tiles import CLASSES
@@ -161,8 +162,8 @@ def test_keyword_only_parameters() -> None:
 
 @pytest.fixture(scope="module")
 def reference():
-    model = load_model(device="cpu")
-    batches = correct_batches(model, torch.device("cpu"))
+    model = load_model(device=DEVICE)
+    batches = correct_batches(model, DEVICE)
     return model, batches
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from medfool_ref.attacks import adversarial_patch, apply_patch, eot, expected_success, fooling_images, one_pixel, pgd, place, placement_success
 from medfool_ref.attacks import transforms as T
 from medfool_ref.cli import main
+from devices import DEVICE
 from medfool_ref.model import load_model
 from medfool_ref.results_run import correct_batches
 from medfool_ref.tiles import CLASSES, TILE_ROOT
@@ -23,8 +24,8 @@ TUM, NORM = CLASSES.index("TUM"), CLASSES.index("NORM")
 
 @pytest.fixture(scope="module")
 def reference():
-    model = load_model(device="cpu")
-    return model, correct_batches(model, torch.device("cpu"))
+    model = load_model(device=DEVICE)
+    return model, correct_batches(model, DEVICE)
 
 
 # --------------------------------------------------------------------------- transformations and EOT

@@ -58,7 +58,7 @@ def test_pgd_is_at_least_as_strong_as_torchattacks(setup, eps: float) -> None:
 def test_deepfool_norms_match_foolbox(setup) -> None:
     model, x, y = setup
     ours = deepfool(model, x, y, overshoot=0.02, max_iter=50)
-    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device="cpu")  # Foolbox would move the shared model to a GPU
     _, adv, _ = fb.attacks.L2DeepFoolAttack(steps=50, overshoot=0.02, candidates=None)(fmodel, x, y, epsilons=None)
     ok_ours = fooled(model, x, y, ours.adversarial)
     ok_peer = fooled(model, x, y, adv)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from devices import DEVICE
 from medfool_ref.attacks.backdoor import apply_trigger, badnets, make_trigger, poison_hook
 from medfool_ref.cli import main
 from medfool_ref.tiles import CLASSES, sample_tiles, split
@@ -63,7 +64,7 @@ def test_trigger_is_applied_after_augmentation(data) -> None:
 
 def test_badnets_reaches_high_asr_with_little_clean_cost(data) -> None:
     bank, held = data
-    r = badnets(bank, held, config=TrainConfig(steps=250, crop=64), trigger="pixel-pattern", fraction=0.1)
+    r = badnets(bank, held, config=TrainConfig(steps=250, crop=64), trigger="pixel-pattern", fraction=0.1, device=DEVICE)
     bad, clean = r.metrics["backdoored_model"], r.metrics["clean_model"]
     print(f"\nBadNets pixel pattern, 10% poisoned: CA {bad['clean_accuracy']:.1%} (clean model {clean['clean_accuracy']:.1%}), "
           f"ASR {bad['attack_success_rate']:.1%} (clean model {clean['attack_success_rate']:.1%}), RA {bad['robust_accuracy']:.1%}")
@@ -76,8 +77,8 @@ def test_training_is_reproducible_with_a_seed(data) -> None:
     bank, _ = data
     colour, alpha = make_trigger("ink-mark", 8)
     hook = poison_hook(fraction=0.2, target=NORM, mode="all-to-all", colour=colour, alpha=alpha)
-    a = train(bank, TrainConfig(steps=8, crop=64, batch_size=16, seed=3), batch_hook=hook)
-    b = train(bank, TrainConfig(steps=8, crop=64, batch_size=16, seed=3), batch_hook=hook)
+    a = train(bank, TrainConfig(steps=8, crop=64, batch_size=16, seed=3), batch_hook=hook, device=DEVICE)
+    b = train(bank, TrainConfig(steps=8, crop=64, batch_size=16, seed=3), batch_hook=hook, device=DEVICE)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
 
@@ -123,7 +124,9 @@ def test_fine_tuning_starts_from_the_given_model(data) -> None:
 
 from medfool_ref.attacks.poisoning import (  # noqa: E402
     PoisonGenerator,
+    _evaluate,
     _reward_after_update,
+    _with_poison,
     direct_gradient_poison,
     flip_labels,
     generate,
@@ -161,10 +164,14 @@ def test_reward_slope_matches_the_exact_second_order_product(data, victim) -> No
     assert float(cos) > 0.5
 
 
-def test_generator_output_stays_within_eps_and_is_seeded(data, victim) -> None:
+@pytest.mark.parametrize("objective", ["typical", "reward"])
+def test_generator_output_stays_within_eps_and_is_seeded(data, victim, objective: str) -> None:
     bank, _ = data
-    a = train_generator(victim, bank.images, bank.labels, steps=3, batch_size=8, eps=16 / 255, seed=5)
-    b = train_generator(victim, bank.images, bank.labels, steps=3, batch_size=8, eps=16 / 255, seed=5)
+    before = {k: v.clone() for k, v in victim.state_dict().items()}
+    a = train_generator(victim, bank.images, bank.labels, steps=3, batch_size=8, eps=16 / 255, seed=5, objective=objective)
+    b = train_generator(victim, bank.images, bank.labels, steps=3, batch_size=8, eps=16 / 255, seed=5, objective=objective)
+    assert all(torch.equal(v, victim.state_dict()[k]) for k, v in before.items())  # the victim is left as deployed
+    assert all(p.requires_grad for p in victim.parameters())
     x = bank.images[:10].float() / 255
     pa, pb = generate(a.generator, x), generate(b.generator, x)
     assert torch.equal(pa, pb)
@@ -172,6 +179,8 @@ def test_generator_output_stays_within_eps_and_is_seeded(data, victim) -> None:
     assert len(a.rewards) == 2  # the reward is measured every 10 steps and at the last
     with pytest.raises(ValueError, match="eps must be in"):
         train_generator(victim, bank.images, bank.labels, steps=1, eps=0.0)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        train_generator(victim, bank.images, bank.labels, steps=1, objective="typ")
 
 
 def test_direct_gradient_poison_raises_the_reward(data, victim) -> None:
@@ -199,7 +208,8 @@ def test_generative_poisoning_end_to_end_small(tmp_path: Path, capsys) -> None:
     report = json.loads((tmp_path / "report.json").read_text())
     m = report["metrics"]
     row = m["by_fraction"]["0.2"]
-    assert {"generative", "label-flip", "noise"} <= set(row) and "0.3" in m["by_fraction"]
+    assert {"generative", "generative-reward", "label-flip", "noise"} <= set(row) and "0.3" in m["by_fraction"]
+    assert report["params"]["objective"] == "typical"
     t = m["timing"]
     assert t["direct_s_per_tile"] > t["generative_s_per_tile"] > 0
     c = m["countermeasure"]
@@ -210,19 +220,49 @@ def test_generative_poisoning_end_to_end_small(tmp_path: Path, capsys) -> None:
     assert main(["poison", "generative", "--set", "eps=2", "--out", str(tmp_path / "x")]) == 2
     assert "eps must be in" in capsys.readouterr().err
     assert main(["poison", "generative", "--set", "fractions=a,b", "--out", str(tmp_path / "y")]) == 2
+    capsys.readouterr()
+    assert main(["poison", "generative", "--set", "objective=adversarial", "--out", str(tmp_path / "w")]) == 2
+    assert "objective must be one of typical, reward" in capsys.readouterr().err
     assert main(["poison", "generative", "--target", "NORM", "--out", str(tmp_path / "z")]) == 2
 
 
-def test_generator_poison_beats_its_starting_point_on_unseen_tiles(data) -> None:
-    """On crops it was not trained on, the generator's poison raises the paper's reward (clean loss after one
+@pytest.fixture(scope="module")
+def deployed(data):
+    """The deployed model the poisoning experiments attack (as in ``generative_poisoning``'s default)."""
+    bank, _ = data
+    return train(bank, TrainConfig(steps=300, crop=64, seed=0))
+
+
+def test_reward_generator_beats_its_starting_point_on_unseen_tiles(data, deployed) -> None:
+    """On crops it was not trained on, the paper's-reward generator raises the reward (clean loss after one
     update) above that of the label-flipped tiles it starts from."""
     bank, _ = data
-    victim = train(bank, TrainConfig(steps=150, crop=64, seed=0))
     first = bank.tile_of < 40  # the generator sees the crops of the first 40 training tiles only
-    res = train_generator(victim, bank.images[first], bank.labels[first], steps=60, seed=0)
+    res = train_generator(deployed, bank.images[first], bank.labels[first], steps=60, objective="reward", eps=32 / 255, seed=0)
     x, y = bank.images[~first].float() / 255, flip_labels(bank.labels[~first])
     xc, yc = bank.images[first][::4].float() / 255, bank.labels[first][::4]
-    gen_reward = _reward_after_update(victim, generate(res.generator, x), y, xc, yc)
-    flip_reward = _reward_after_update(victim, x, y, xc, yc)
+    gen_reward = _reward_after_update(deployed, generate(res.generator, x), y, xc, yc)
+    flip_reward = _reward_after_update(deployed, x, y, xc, yc)
     print(f"\nclean loss after one update: generative poison {gen_reward:.3f}, label-flipped tiles {flip_reward:.3f}")
     assert gen_reward > flip_reward
+
+
+def test_generative_poison_degrades_accuracy_more_than_random_noise(data, deployed) -> None:
+    """The issue's bar: retrained on clean tiles plus 30% generative poison, the model is less accurate on held-out
+    crops than when retrained on the same share of random-noise tiles (same labels, seed and schedule)."""
+    bank, held = data
+    res = train_generator(deployed, bank.images, bank.labels, steps=150, seed=0)
+    n = bank.images.shape[0]
+    idx = torch.randint(0, n, (int(round(0.3 / 0.7 * n)),), generator=torch.Generator().manual_seed(7))
+    x, y = bank.images[idx].float() / 255, flip_labels(bank.labels[idx])
+    with torch.no_grad():  # the objective works: the victim finds the poison more typical of its true class
+        assert F.cross_entropy(deployed(generate(res.generator, x)), bank.labels[idx]) < F.cross_entropy(deployed(x), bank.labels[idx])
+    hb = crop_bank(held, crop=64, per_side=8)
+    xh, yh = hb.images.float() / 255, hb.labels
+    retrain = TrainConfig(steps=150, crop=64, lr=1e-3, seed=1)
+    acc = {}
+    for name, xp in (("generative", generate(res.generator, x)), ("noise", torch.rand(x.shape, generator=torch.Generator().manual_seed(8)))):
+        model = train(_with_poison(bank, xp, y, idx), retrain, init=deployed)
+        acc[name] = _evaluate(model, xh, yh)["accuracy"]
+    print(f"\nheld-out accuracy after retraining with 30% poison: generative {acc['generative']:.1%}, noise {acc['noise']:.1%}")
+    assert acc["generative"] < acc["noise"] - 0.02

@@ -5,7 +5,7 @@ Each iteration linearises the classifier at the current point and steps onto the
 boundary of that linear model. The gradients of all candidate classes come from one batched
 backward (``is_grads_batched``); a two-class model needs a single gradient. As in the paper the
 overshoot scales the accumulated perturbation, x_adv = x + (1 + overshoot) * r_total. Samples
-leave the active set as soon as they are fooled. The paper's robustness measure, the mean of
+leave the active set as soon as they are fooled, and the whole batch is checked once more at the end. The paper's robustness measure, the mean of
 ||r||_2 / ||x||_2 over fooled samples, is reported as ``rho``.
 """
 
@@ -45,7 +45,16 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
         logits = counted(xa)
         still = logits.argmax(1) == y[active]
         if not bool(still.any()):
-            break
+            # confirm on the whole batch, as the result is judged: limited precision (TF32 convolutions on
+            # GPUs, another batch composition) can leave a sample on the boundary; it gets the overshoot again
+            with torch.no_grad():
+                unfooled = (counted(adv).argmax(1) == y).nonzero().squeeze(1)
+            if unfooled.numel() == 0:
+                break
+            r_total[unfooled] *= 1 + overshoot
+            adv[unfooled] = (x[unfooled] + (1 + overshoot) * r_total[unfooled]).clamp(0, 1)
+            active = unfooled
+            continue
         iterations = i + 1
         logits, active_c = logits[still], cand[active[still]]
         sub = logits.gather(1, active_c)  # (A, k): label logit first

@@ -9,14 +9,24 @@ wrong label (the next class), as in gradient poisoning since Biggio et al., and 
 * Direct gradient (the paper's baseline): each tile on its own, by gradient ascent of the clean loss
   *after* one unrolled update of the victim on that tile (``torch.func.functional_call``): a
   second-order path, paid for every tile.
-* Generative: an autoencoder G maps clean tiles to poisoned ones and is trained from the reward,
-  the victim's loss on clean data after an update on G's output, without the second-order path.
-  To first order that update changes the clean loss by -lr <g_clean, grad_theta L(G(x))>, and the
-  inner product equals the directional derivative of the poison loss along g_clean, which we take
-  by finite differences: (L(G(x); theta + r u) - L(G(x); theta - r u)) / 2r with u = g_clean/|g_clean|.
-  Both terms are ordinary losses, so G gets its gradient from first-order backpropagation through
-  two perturbed copies of the victim (the discriminator, in the paper's words). Once trained, G
-  poisons a batch of tiles with one forward pass, which is where its speed comes from.
+* Generative: an autoencoder G maps clean tiles to poisoned ones, trained against the deployed
+  victim (the discriminator, in the paper's words) with first-order backpropagation only. Once
+  trained, G poisons a batch of tiles with one forward pass, which is where its speed comes from.
+  Two objectives:
+
+  - ``"reward"``, the paper's: the victim's loss on clean data after an update on G's output. To
+    first order that update changes the clean loss by -lr <g_clean, grad_theta L(G(x))>, and the
+    inner product equals the directional derivative of the poison loss along g_clean, which we take
+    by finite differences: (L(G(x); theta + r u) - L(G(x); theta - r u)) / 2r, u = g_clean/|g_clean|.
+    Both terms are ordinary losses, so no second-order path is needed.
+  - ``"typical"`` (ours, the default): G makes each tile *more* typical of its true class under the
+    victim (it lowers the victim's loss on the true label), and the tile is then submitted under the
+    wrong label. Measured on the sample tiles, the one-step reward does not survive retraining: it
+    drives the poison away from its class, the retrained model learns the poison as a separate
+    pattern, and accuracy is no worse than with label flipping alone. Poison that the victim sees as
+    its class's core cannot be separated from clean tiles, so the wrong label pulls the class itself.
+    The result reports both objectives side by side.
+
 * Countermeasure (same paper): reject submitted tiles whose loss under the current model exceeds a
   threshold, here a quantile of the loss on the clean training data; we report detection and
   false-positive rates.
@@ -26,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -40,6 +50,7 @@ from ..training import CropBank, TrainConfig, crop_bank, train
 
 Progress = Callable[[int, int], None]
 CONTROLS = ("noise", "label-flip")
+OBJECTIVES = ("typical", "reward")
 
 
 def flip_labels(y: torch.Tensor, num_classes: int = len(CLASSES)) -> torch.Tensor:
@@ -48,19 +59,23 @@ def flip_labels(y: torch.Tensor, num_classes: int = len(CLASSES)) -> torch.Tenso
 
 
 class PoisonGenerator(nn.Module):
-    """A small convolutional autoencoder: clean tile in, poisoned tile (within ``eps`` in L-inf) out."""
+    """A small convolutional autoencoder: clean tile in, poisoned tile (within ``eps`` in L-inf) out.
 
-    def __init__(self, width: int = 16, eps: float = 32 / 255) -> None:
+    The decoder upsamples bilinearly before each convolution: transposed convolutions leave a
+    checkerboard pattern in every output, a fixed mark that a retrained model learns to recognise.
+    """
+
+    def __init__(self, width: int = 16, eps: float = 8 / 255) -> None:
         super().__init__()
         self.eps = eps
         self.encode = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(),
                                     nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
-        self.decode = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.ReLU(),
-                                    nn.ConvTranspose2d(width, 3, 4, stride=2, padding=1))
+        self.decode = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(2 * width, width, 3, padding=1),
+                                    nn.ReLU(), nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(width, 3, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        delta = self.decode(self.encode(x))[..., :h, :w]
+        delta = F.interpolate(self.decode(self.encode(x)), size=(h, w), mode="bilinear")
         return (x + self.eps * torch.tanh(delta)).clamp(0, 1)
 
 
@@ -94,9 +109,17 @@ class GeneratorResult:
 
 
 def train_generator(victim: TileClassifier, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 150,
-                    batch_size: int = 32, eps: float = 32 / 255, lr: float = 1e-3, r: float = 1e-2, reward_every: int = 10,
-                    seed: int = 0, progress: Progress | None = None) -> GeneratorResult:
-    """Train the generator against the deployed victim (uint8 ``images`` with their true ``labels``)."""
+                    objective: str = "typical", batch_size: int = 32, eps: float = 8 / 255, lr: float = 1e-3,
+                    r: float = 1e-2, reward_every: int = 10, seed: int = 0,
+                    progress: Progress | None = None) -> GeneratorResult:
+    """Train the generator against the deployed victim (uint8 ``images`` with their true ``labels``).
+
+    ``objective`` is ``"typical"`` (lower the victim's loss on the true label) or ``"reward"`` (the
+    paper's: raise the clean loss after an update on the poison, to first order); the paper's reward
+    is measured every ``reward_every`` steps either way.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     if not 0 < eps <= 1:
@@ -110,6 +133,9 @@ def train_generator(victim: TileClassifier, images: torch.Tensor, labels: torch.
     g_opt = torch.optim.Adam(g.parameters(), lr=lr)
     was_training = victim.training
     victim.eval()
+    grad_flags = [p.requires_grad for p in victim.parameters()]
+    for p in victim.parameters():  # G is trained; the victim stays as deployed
+        p.requires_grad_(False)
     images, labels = images.to(device), labels.to(device)
     rewards: list[float] = []
     started = time.perf_counter()
@@ -119,7 +145,10 @@ def train_generator(victim: TileClassifier, images: torch.Tensor, labels: torch.
         xc, yc = images[idx[batch_size:]].float().div(255), labels[idx[batch_size:]]
         yp = flip_labels(y)
         g_opt.zero_grad(set_to_none=True)
-        reward_slope(victim, g(x), yp, xc, yc, r=r).backward()
+        if objective == "reward":
+            reward_slope(victim, g(x), yp, xc, yc, r=r).backward()
+        else:
+            F.cross_entropy(victim(g(x)), y).backward()
         g_opt.step()
         if reward_every and (i % reward_every == 0 or i == steps - 1):
             with torch.no_grad():
@@ -127,10 +156,12 @@ def train_generator(victim: TileClassifier, images: torch.Tensor, labels: torch.
         if progress is not None:
             progress(i + 1, steps)
     victim.train(was_training)
+    for p, flag in zip(victim.parameters(), grad_flags):
+        p.requires_grad_(flag)
     for p in g.parameters():
         p.requires_grad_(False)
     return GeneratorResult(g.eval(), rewards, time.perf_counter() - started,
-                           {"steps": steps, "batch_size": batch_size, "eps": eps, "lr": lr, "r": r, "seed": seed})
+                           {"steps": steps, "objective": objective, "batch_size": batch_size, "eps": eps, "lr": lr, "r": r, "seed": seed})
 
 
 @torch.no_grad()
@@ -203,32 +234,53 @@ def _with_poison(bank: CropBank, x: torch.Tensor, y: torch.Tensor, idx: torch.Te
 
 
 def generative_poisoning(bank: CropBank, held_out: list[Tile], *, fractions: tuple[float, ...] = (0.1, 0.2, 0.3),
-                         fraction: float = 0.2, deploy: TrainConfig | None = None, retrain: TrainConfig | None = None,
-                         generator_steps: int = 150, eps: float = 32 / 255, direct_tiles: int = 16, direct_steps: int = 10,
+                         fraction: float = 0.2, objective: str = "typical", compare_reward: bool = True, repeats: int = 1,
+                         deploy: TrainConfig | None = None, retrain: TrainConfig | None = None,
+                         generator_steps: int = 150, eps: float = 8 / 255, direct_tiles: int = 16, direct_steps: int = 10,
                          quantile: float = 0.95, seed: int = 0, device: str | torch.device = "cpu",
                          progress: Callable[..., None] | None = None) -> PoisoningResult:
     """Deploy a clean model, train the generator against it, then retrain copies of it on clean data plus
     each fraction of generative poison, of label-flipped tiles (the poison's starting point) and of
     random-noise tiles, and measure accuracy and loss on crops of the held-out tiles.
 
-    ``fraction`` is the share of poisoned tiles in the retraining data for the returned model; the
-    direct-gradient baseline is timed on ``direct_tiles`` tiles (its per-tile cost is the point).
+    ``fraction`` is the share of poisoned tiles in the retraining data for the returned model. With
+    ``compare_reward`` a second generator trained with the paper's reward is measured beside the
+    ``"typical"`` one (row ``generative-reward``). Each retraining is repeated with ``repeats`` seeds
+    and the mean is reported. The direct-gradient baseline is timed on ``direct_tiles`` tiles.
     """
     fractions = tuple(sorted(set(fractions) | {fraction}))
     if not all(0 < f < 1 for f in fractions):
         raise ValueError(f"fractions must be in (0, 1); got {fractions}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
     if direct_tiles < 0:
         raise ValueError(f"direct_tiles must be >= 0; got {direct_tiles}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1; got {repeats}")
     deploy = deploy or TrainConfig(steps=300, crop=64, seed=seed)
     retrain = retrain or TrainConfig(steps=150, crop=deploy.crop, lr=1e-3, seed=seed + 1)
     device = torch.device(device)
     started = time.perf_counter()
     victim = train(bank, deploy, device=device, progress=progress)
-    held = crop_bank(held_out, crop=deploy.crop)
+    held = crop_bank(held_out, crop=deploy.crop, per_side=8)
     xh, yh = held.images.to(device).float().div(255), held.labels.to(device)
     t0 = time.perf_counter()
-    gres = train_generator(victim, bank.images, bank.labels, steps=generator_steps, eps=eps, seed=seed, progress=progress)
+    gres = train_generator(victim, bank.images, bank.labels, steps=generator_steps, objective=objective, eps=eps, seed=seed,
+                           progress=progress)
     t_train_g = time.perf_counter() - t0
+    generators = {"generative": gres.generator}
+    if compare_reward and objective != "reward":
+        generators["generative-reward"] = train_generator(victim, bank.images, bank.labels, steps=generator_steps,
+                                                          objective="reward", eps=eps, seed=seed, progress=progress).generator
+
+    def retrained(data: CropBank) -> tuple[dict[str, float], TileClassifier]:
+        runs = []
+        for r in range(repeats):
+            model = train(data, replace(retrain, seed=retrain.seed + r), device=device, init=victim)
+            runs.append(_evaluate(model, xh, yh))
+        mean = {k: sum(run[k] for run in runs) / repeats for k in ("accuracy", "loss")}
+        return ({**mean, "accuracy_runs": [run["accuracy"] for run in runs]} if repeats > 1 else mean), model
+
     n = bank.images.shape[0]
     gen = torch.Generator().manual_seed(seed + 7)
     report: dict[str, Any] = {"deployed": _evaluate(victim, xh, yh), "by_fraction": {}}
@@ -238,20 +290,16 @@ def generative_poisoning(bank: CropBank, held_out: list[Tile], *, fractions: tup
         idx = torch.randint(0, n, (k,), generator=gen)
         x = bank.images[idx].to(device).float().div(255)
         y_flip = flip_labels(bank.labels[idx].to(device))
-        poisons = {
-            "generative": (generate(gres.generator, x), y_flip),
-            "label-flip": (x, y_flip),
-            "noise": (torch.rand(x.shape, generator=gen).to(device), y_flip),
-        }
-        row = {"poisoned_tiles": k, "clean_tiles": n}
+        poisons = {name: (generate(g, x), y_flip) for name, g in generators.items()}
+        poisons["label-flip"] = (x, y_flip)
+        poisons["noise"] = (torch.rand(x.shape, generator=gen).to(device), y_flip)
+        row: dict[str, Any] = {"poisoned_tiles": k, "clean_tiles": n}
         for name, (xp, yp) in poisons.items():
-            model = train(_with_poison(bank, xp, yp, idx), retrain, device=device, init=victim)
-            row[name] = _evaluate(model, xh, yh)
+            row[name], model = retrained(_with_poison(bank, xp, yp, idx))
             if name == "generative":
                 models[f] = model
         report["by_fraction"][f"{f:g}"] = row
-    clean_model = train(bank, retrain, device=device, init=victim)
-    report["retrained_clean"] = _evaluate(clean_model, xh, yh)
+    report["retrained_clean"], _ = retrained(bank)
     # timing: generation per tile (one forward per chunk), and the direct-gradient baseline on a few tiles
     xs = bank.images[:256].to(device).float().div(255)
     t1 = time.perf_counter()
@@ -294,7 +342,8 @@ def generative_poisoning(bank: CropBank, held_out: list[Tile], *, fractions: tup
     report["seconds_total"] = round(time.perf_counter() - started, 1)
     report["reward_first_last"] = [gres.rewards[0], gres.rewards[-1]]
     ex = x[:4]
-    params = {"fractions": list(fractions), "fraction": fraction, "generator_steps": generator_steps, "eps": eps,
+    params = {"fractions": list(fractions), "fraction": fraction, "objective": objective, "repeats": repeats,
+              "generator_steps": generator_steps, "eps": eps,
               "quantile": quantile, "seed": seed, "deploy": deploy.as_dict(), "retrain": retrain.as_dict(),
               "labels": "next class (y + 1 mod 9)"}
     return PoisoningResult(models[fraction], gres.generator, report, (ex, generate(gres.generator, ex), yp[:4]), params)

@@ -93,8 +93,9 @@ def stain_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
     """Scale and shift each stain's optical density (HED space) and convert back to RGB."""
     # od' = ((od @ HED_FROM_RGB) * scale + shift) @ RGB_FROM_HED, folded into one 3x3 map per image
     # (composed in float64, so that no jitter is an identity to float32 precision)
-    a = torch.einsum("cd,nd,de->nce", _HED_FROM_RGB, scale.double(), _RGB_FROM_HED).to(x)
-    b = (shift.double() @ _RGB_FROM_HED).to(x)
+    hed, rgb = _HED_FROM_RGB.to(scale.device), _RGB_FROM_HED.to(scale.device)
+    a = torch.einsum("cd,nd,de->nce", hed, scale.double(), rgb).to(x)
+    b = (shift.double() @ rgb).to(x)
     od = -torch.log(x.clamp(min=1e-3))  # (N, 3, H, W)
     od2 = torch.einsum("nchw,nce->nehw", od, a) + b[:, :, None, None]
     return torch.exp(-od2).clamp(0, 1)

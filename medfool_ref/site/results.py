@@ -42,11 +42,13 @@ LABELS = {
     "by_trigger": "per trigger, on crops of held-out tiles",
     "held_out_crops": "held-out crops evaluated",
     "retrained_clean": "deployed model retrained on clean data only (accuracy, loss)",
-    "by_fraction": "accuracy (loss) after retraining with each share of poisoned tiles: generative / label-flip / random noise",
+    "by_fraction": "held-out accuracy (loss) after retraining with each share of poisoned tiles: generative (typical) / "
+                   "generative (paper's reward) / label-flip / random noise",
     "countermeasure": "loss-threshold countermeasure (Yang et al.)",
     "timing": "time per poisoned tile",
     "accuracy_drop_vs_noise": "accuracy drop against the random-noise control at 20% poison (negative: the poison did less harm)",
     "accuracy_drop_vs_label_flip": "accuracy drop against the label-flip control at 20% poison (negative: the poison did less harm)",
+    "accuracy_drop_reward_generator_vs_noise": "the paper's-reward generator: accuracy drop against random noise at 20% poison",
 }
 FIGURES = {
     "comparison.png": "One tile from a real run: original, adversarial (8-bit), amplified difference, with the reference model's predictions.",
@@ -76,7 +78,8 @@ def _fmt(key: str, value: object) -> str:
                 parts.append(f"{k}: CA {v['clean_accuracy_backdoored']:.1%} (clean model {v['clean_accuracy_clean_model']:.1%}), "
                              f"ASR {v['attack_success_rate']:.1%} (clean model {v['asr_of_clean_model']:.1%}), RA {v['robust_accuracy']:.1%}")
             elif isinstance(v, dict) and "generative" in v:
-                parts.append(f"{k}: " + " / ".join(f"{v[n]['accuracy']:.1%} ({v[n]['loss']:.3f})" for n in ("generative", "label-flip", "noise")))
+                parts.append(f"{k}: " + " / ".join(f"{v[n]['accuracy']:.1%} ({v[n]['loss']:.3f})"
+                                                  for n in ("generative", "generative-reward", "label-flip", "noise") if n in v))
             elif isinstance(v, dict) and "on_training_tiles" in v:
                 tr, other = v["on_training_tiles"], v.get("on_other_tiles") or {}
                 parts.append(f"{k}: {tr['adversarial']:.0%} (grey {tr['grey']:.0%}, noise {tr['noise']:.0%})"
