@@ -23,9 +23,10 @@ wrong label (the next class), as in gradient poisoning since Biggio et al., and 
     victim (it lowers the victim's loss on the true label), and the tile is then submitted under the
     wrong label. Measured on the sample tiles, the one-step reward does not survive retraining: it
     drives the poison away from its class, the retrained model learns the poison as a separate
-    pattern, and accuracy is no worse than with label flipping alone. Poison that the victim sees as
-    its class's core cannot be separated from clean tiles, so the wrong label pulls the class itself.
-    The result reports both objectives side by side.
+    pattern, and the harm is less than that of label flipping alone. Poison that the victim sees as
+    its class's core cannot be told apart from clean tiles, so the wrong label pulls on the class
+    itself: it does clearly more harm than random noise and about as much as label flipping (no
+    objective we tried does more). The result reports both objectives side by side.
 
 * Countermeasure (same paper): reject submitted tiles whose loss under the current model exceeds a
   threshold, here a quantile of the loss on the clean training data; we report detection and
