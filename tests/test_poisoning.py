@@ -217,8 +217,11 @@ def test_generative_poisoning_end_to_end_small(tmp_path: Path, capsys) -> None:
     for name in ("poisoned.safetensors", "MODEL_CARD.md", "poisoned.png"):
         assert (tmp_path / name).is_file()
     capsys.readouterr()
-    assert main(["poison", "generative", "--set", "eps=2", "--out", str(tmp_path / "x")]) == 2
-    assert "eps must be in" in capsys.readouterr().err
+    for setting, message in (("eps=2", "eps must be in"), ("quantile=1.5", "quantile must be in"),
+                             ("generator_steps=0", "generator_steps must be >= 1"), ("repeats=0", "repeats must be >= 1")):
+        assert main(["poison", "generative", "--set", setting, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything was trained or written
     assert main(["poison", "generative", "--set", "fractions=a,b", "--out", str(tmp_path / "y")]) == 2
     capsys.readouterr()
     assert main(["poison", "generative", "--set", "objective=adversarial", "--out", str(tmp_path / "w")]) == 2

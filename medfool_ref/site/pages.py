@@ -334,7 +334,7 @@ def usage(impl: str, module: str, func: str) -> tuple[str, str]:
                 "result = generative_poisoning(crop_bank(train_tiles, crop=64), held_out, fractions=(0.1, 0.2, 0.3))\n"
                 "print(result.metrics[\"by_fraction\"])  # accuracy and loss vs label-flip and noise controls\n"
                 "print(result.metrics[\"timing\"])       # generative vs direct-gradient time per poisoned tile",
-                "medfool poison generative --out out/ [--set fraction=0.2 --set fractions=0.1,0.3 --set eps=32/255 ...]\n"
+                "medfool poison generative --out out/ [--set fraction=0.2 --set fractions=0.1,0.3 --set objective=reward --set repeats=3 ...]\n"
                 "# writes poisoned.safetensors, MODEL_CARD.md, report.json and poisoned.png")
     if impl == "fooling-images":
         return ("from medfool_ref.model import load_model\n"
