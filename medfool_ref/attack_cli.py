@@ -321,15 +321,14 @@ def run_poison(args: argparse.Namespace) -> int:
 
 
 def _run_generative(args: argparse.Namespace) -> int:
-    from .attacks.poisoning import generative_poisoning
+    from .attacks.poisoning import example_captions, generative_poisoning
     from .model import default_device, save_model, sha256_of
     from .report import gallery_figure
-    from .tiles import CLASSES, sample_tiles, split
-    from .training import crop_bank
+    from .tiles import sample_tiles, split
+    from .training import TrainConfig, crop_bank
 
     if args.target:
         raise ParamError("generative poisoning is untargeted (it raises the loss on all clean data); --target is not accepted")
-    from .training import TrainConfig
 
     sets = list(args.set or [])
     fractions = None
@@ -374,8 +373,7 @@ def _run_generative(args: argparse.Namespace) -> int:
     clean, poisoned, labels = result.examples
     import torch
 
-    gallery_figure(torch.cat([clean, poisoned]), [f"clean {CLASSES[(int(y) - 1) % len(CLASSES)]}" for y in labels]
-                   + [f"poison as {CLASSES[int(y)]}" for y in labels], out / "poisoned.png", scale=3)
+    gallery_figure(torch.cat([clean, poisoned]).cpu(), example_captions(labels), out / "poisoned.png", scale=3)
     m = result.metrics
     row = m["by_fraction"][f"{result.params['fraction']:g}"]
     (out / "MODEL_CARD.md").write_text(

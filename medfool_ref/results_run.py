@@ -232,10 +232,11 @@ def _poisoning_summary(r: Any) -> dict[str, Any]:
 
 
 def _generative_runner(model: TileClassifier, batches: list[Batch], folder: Path) -> dict[str, Any]:
+    from .attacks.poisoning import example_captions
+
     r = _poisoning_result()
     clean, poisoned, labels = r.examples
-    gallery_figure(torch.cat([clean, poisoned]).cpu(), [f"clean {CLASSES[(int(y) - 1) % len(CLASSES)]}" for y in labels]
-                   + [f"poison as {CLASSES[int(y)]}" for y in labels], folder / "poisoned.png", scale=3)
+    gallery_figure(torch.cat([clean, poisoned]).cpu(), example_captions(labels), folder / "poisoned.png", scale=3)
     return _poisoning_summary(r)
 
 

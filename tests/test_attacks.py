@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from medfool_ref.attacks import deepfool, fgsm, pgd
 from devices import DEVICE
+from medfool_ref.attacks import deepfool, fgsm, pgd
 from medfool_ref.model import load_model
 from medfool_ref.results_run import correct_batches
 from medfool_ref.tiles import CLASSES

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from devices import DEVICE
 from medfool_ref.attacks import adversarial_patch, apply_patch, eot, expected_success, fooling_images, one_pixel, pgd, place, placement_success
 from medfool_ref.attacks import transforms as T
 from medfool_ref.cli import main
-from devices import DEVICE
 from medfool_ref.model import load_model
 from medfool_ref.results_run import correct_batches
 from medfool_ref.tiles import CLASSES, TILE_ROOT

@@ -5,8 +5,9 @@ Each iteration linearises the classifier at the current point and steps onto the
 boundary of that linear model. The gradients of all candidate classes come from one batched
 backward (``is_grads_batched``); a two-class model needs a single gradient. As in the paper the
 overshoot scales the accumulated perturbation, x_adv = x + (1 + overshoot) * r_total. Samples
-leave the active set as soon as they are fooled, and the whole batch is checked once more at the end. The paper's robustness measure, the mean of
-||r||_2 / ||x||_2 over fooled samples, is reported as ``rho``.
+leave the active set as soon as they are fooled, and the whole batch is checked once more at the
+end. The paper's robustness measure, the mean of ||r||_2 / ||x||_2 over fooled samples, is
+reported as ``rho``.
 """
 
 from __future__ import annotations

@@ -50,8 +50,16 @@ from ..tiles import CLASSES, Tile
 from ..training import CropBank, TrainConfig, crop_bank, train
 
 Progress = Callable[[int, int], None]
-CONTROLS = ("noise", "label-flip")
 OBJECTIVES = ("typical", "reward")
+
+
+def _check_generator(objective: str, steps: int, eps: float, what: str = "steps") -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
+    if steps < 1:
+        raise ValueError(f"{what} must be >= 1; got {steps}")
+    if not 0 < eps <= 1:
+        raise ValueError(f"eps must be in (0, 1]; got {eps}")
 
 
 def flip_labels(y: torch.Tensor, num_classes: int = len(CLASSES)) -> torch.Tensor:
@@ -119,12 +127,7 @@ def train_generator(victim: TileClassifier, images: torch.Tensor, labels: torch.
     paper's: raise the clean loss after an update on the poison, to first order); the paper's reward
     is measured every ``reward_every`` steps either way.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
-    if not 0 < eps <= 1:
-        raise ValueError(f"eps must be in (0, 1]; got {eps}")
+    _check_generator(objective, steps, eps)
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2; got {batch_size}")
     device = next(victim.parameters()).device
@@ -252,17 +255,11 @@ def generative_poisoning(bank: CropBank, held_out: list[Tile], *, fractions: tup
     fractions = tuple(sorted(set(fractions) | {fraction}))
     if not all(0 < f < 1 for f in fractions):
         raise ValueError(f"fractions must be in (0, 1); got {fractions}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
+    _check_generator(objective, generator_steps, eps, "generator_steps")  # before any training: a mistake costs no time
     if direct_tiles < 0:
         raise ValueError(f"direct_tiles must be >= 0; got {direct_tiles}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1; got {repeats}")
-    # checked here too, before any training, so that a mistake costs no time
-    if not 0 < eps <= 1:
-        raise ValueError(f"eps must be in (0, 1]; got {eps}")
-    if generator_steps < 1:
-        raise ValueError(f"generator_steps must be >= 1; got {generator_steps}")
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1); got {quantile}")
     if direct_tiles and direct_steps < 1:
@@ -363,6 +360,12 @@ def generative_poisoning(bank: CropBank, held_out: list[Tile], *, fractions: tup
               "quantile": quantile, "seed": seed, "deploy": deploy.as_dict(), "retrain": retrain.as_dict(),
               "labels": "next class (y + 1 mod 9)"}
     return PoisoningResult(models[fraction], gres.generator, report, (ex, generate(gres.generator, ex), yp[:4]), params)
+
+
+def example_captions(labels: torch.Tensor) -> list[str]:
+    """Captions for ``PoisoningResult.examples``: the clean tiles' classes, then the labels the poison carries."""
+    return ([f"clean {CLASSES[(int(y) - 1) % len(CLASSES)]}" for y in labels]
+            + [f"poison as {CLASSES[int(y)]}" for y in labels])
 
 
 def _sync(device: torch.device) -> None:
