@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 # real runs of every reference attack on the sample tiles (a few minutes on 2 cores), redone when the code changes
 RESULTS := build/results/.done
-$(RESULTS): $(VENV)/.installed $(wildcard medfool_ref/attacks/*.py) medfool_ref/results_run.py medfool_ref/models/tilenet.safetensors
+$(RESULTS): $(VENV)/.installed $(wildcard medfool_ref/attacks/*.py medfool_ref/campaign/*.py medfool_ref/reports/*.py) medfool_ref/registry.py medfool_ref/data/reference-model/tilenet.safetensors
 	$(VENV)/bin/medfool results --out build/results
 	touch $@
 

@@ -6,7 +6,8 @@ peer / ours, and the quality beside it: success rate on the tiles, median L2 and
 perturbation, and the images that went through the model forward and backward. For the gradient
 attacks the "floor" is the time of the bare forward+backward passes the attack needs.
 
-The peers are imported here only: medfool itself never depends on them.
+Our side runs through the campaign core's :func:`run_attack`, the same call the command line and
+``medfool results`` make. The peers are imported here only: medfool itself never depends on them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfool_ref.attacks.backdoor import apply_trigger, make_trigger
-from medfool_ref.attacks.deepfool import deepfool
-from medfool_ref.attacks.eot import eot, expected_success
-from medfool_ref.attacks.gradient import fgsm, pgd
-from medfool_ref.attacks.onepixel import one_pixel
+from medfool_ref.attacks.eot import expected_success
 from medfool_ref.attacks.patch import placement_success, train_patch
 from medfool_ref.attacks.transforms import TransformConfig
+from medfool_ref.campaign.execute import run_attack
 
 
 class Counter(nn.Module):
@@ -151,7 +150,7 @@ def bench_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch
     fmodel = fb.PyTorchModel(counter, bounds=(0, 1), device=device)
     fa = fb.attacks.FGSM()
     art_fgm = FastGradientMethod(art_classifier(counter, x, 9), eps=eps, norm=np.inf, batch_size=x.shape[0])
-    rows = [_ours("FGSM", lambda: fgsm(model, x, y, eps=eps), model, x, y, device, repeats)]
+    rows = [_ours("FGSM", lambda: run_attack("fgsm", model, x, y, params={"eps": eps}), model, x, y, device, repeats)]
     rows += _peer_rows("FGSM", model, x, y, device, repeats, {
         "torchattacks": lambda: ta(x, y),
         "foolbox": lambda: fa(fmodel, x, y, epsilons=eps)[1],
@@ -174,9 +173,9 @@ def bench_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     art_pgd = ProjectedGradientDescentPyTorch(art_classifier(counter, x, 9), norm=np.inf, eps=eps, eps_step=step, max_iter=steps,
                                               num_random_init=1, batch_size=x.shape[0], verbose=False)
     rows = [
-        _ours("PGD", lambda: pgd(model, x, y, eps=eps, steps=steps, step_size=step), model, x, y, device, repeats,
+        _ours("PGD", lambda: run_attack("pgd", model, x, y, params={"eps": eps, "steps": steps, "step_size": step}), model, x, y, device, repeats,
               note="sample-wise early stopping (default)"),
-        _ours("PGD", lambda: pgd(model, x, y, eps=eps, steps=steps, step_size=step, early_stop=False), model, x, y, device,
+        _ours("PGD", lambda: run_attack("pgd", model, x, y, params={"eps": eps, "steps": steps, "step_size": step, "early_stop": False}), model, x, y, device,
               repeats, impl="medfool (early_stop=False)", note="every step on every tile, as the peers do"),
     ]
     rows += _peer_rows("PGD", model, x, y, device, repeats, {
@@ -200,7 +199,7 @@ def bench_deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: t
     fa = fb.attacks.L2DeepFoolAttack(steps=steps, overshoot=overshoot, candidates=None)
     art_df = DeepFool(art_classifier(counter, x, 9), max_iter=steps, epsilon=overshoot, nb_grads=9, batch_size=x.shape[0],
                       verbose=False)
-    rows = [_ours("DeepFool", lambda: deepfool(model, x, y, overshoot=overshoot, max_iter=steps), model, x, y, device, repeats)]
+    rows = [_ours("DeepFool", lambda: run_attack("deepfool", model, x, y, params={"overshoot": overshoot, "max_iter": steps}), model, x, y, device, repeats)]
     rows += _peer_rows("DeepFool", model, x, y, device, repeats, {
         "torchattacks": lambda: ta(x, y),
         "foolbox": lambda: fa(fmodel, x, y, epsilons=None)[1],
@@ -218,7 +217,8 @@ def bench_one_pixel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: 
     counter = Counter(model).eval()
     ta = torchattacks.OnePixel(counter, pixels=1, steps=generations, popsize=population, inf_batch=population)
     art_px = PixelAttack(art_classifier(counter, x, 9), th=1, es=1, max_iter=generations, verbose=False)
-    rows = [_ours("one-pixel", lambda: one_pixel(model, x, y, pixels=1, population=population, generations=generations),
+    rows = [_ours("one-pixel", lambda: run_attack("one-pixel", model, x, y, params={"pixels": 1, "population": population,
+                                                                                "generations": generations}),
                   model, x, y, device, repeats)]
     rows += _peer_rows("one-pixel", model, x, y, device, repeats, {
         "torchattacks": lambda: ta(x, y),
@@ -307,8 +307,9 @@ def bench_eot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     note = f"seconds per step; success = mean over 32 held-out draws of {what}"
     rows = []
     for impl, cfg in ((f"medfool ({what})", same), ("medfool (full pathology distribution)", TransformConfig())):
-        t, r = timed(lambda: eot(model, x, y, eps=eps, steps=steps, samples=samples, step_size=step, transforms=cfg,
-                                 random_start=True, eval_draws=1), device, repeats)
+        params = {"eps": eps, "steps": steps, "samples": samples, "step_size": step, "transforms": cfg, "random_start": True,
+                  "eval_draws": 1}
+        t, r = timed(lambda: run_attack("eot", model, x, y, params=params), device, repeats)
         rate = expected_success(model, r.adversarial, y, config=same, draws=32)
         rows.append(Row("EOT", impl, t / steps, repeats, float(rate.mean()), note=note))
     t, adv = timed(lambda: art_pgd.generate(x.cpu().numpy(), y=y.cpu().numpy()), device, repeats)

@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from medfool_ref.model import load_model
-from medfool_ref.results_run import correct_batches
-from medfool_ref.tiles import CLASSES
+from medfool_ref.campaign.showcase import correct_batches
+from medfool_ref.inputs.samples import CLASSES
+from medfool_ref.targets.reference import load_model
+from medfool_ref.targets.target import module_target
 
 from . import peers
 
@@ -35,8 +36,8 @@ PEERS = ("torchattacks", "foolbox", "adversarial-robustness-toolbox")
 
 def tile_batch(model: torch.nn.Module, device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The first ``n`` initially-correct sample tiles of the most common tile size."""
-    x, y, names = max(correct_batches(model, device), key=lambda b: b[0].shape[0])
-    return x[:n], y[:n], names[:n]
+    x, y, items = max(correct_batches(module_target(model, CLASSES)), key=lambda b: b[0].shape[0])
+    return x[:n], y[:n], [i.name for i in items[:n]]
 
 
 def _is_baseline(impl: str) -> bool:
@@ -86,7 +87,7 @@ def run(attacks: list[str], device: torch.device, n_tiles: int, repeats: int) ->
         "machine": machine(device),
         "versions": {"medfool": version("medfool"), "torch": torch.__version__, **{p: version(p) for p in PEERS}},
         "tiles": {"count": int(x.shape[0]), "size_px": int(x.shape[-1]), "names": names},
-        "model": "reference TileNet (models/tilenet.safetensors)",
+        "model": "reference TileNet (data/reference-model/tilenet.safetensors)",
         "rows": out_rows,
     }
 

@@ -1,36 +1,194 @@
-"""Registry of medfool's reference attack implementations.
+"""Registry of medfool's reference attack implementations, each with its spec.
 
 The catalog names an implementation by a short name; only names listed here resolve, so a
-catalog file can never make medfool import arbitrary code. Each value is the module (inside
-``medfool_ref.attacks``) and function that implement it; the module is imported only when the
-attack is run, so reading the catalog never needs torch.
+catalog file can never make medfool import arbitrary code. Each entry says where the code is
+(a module inside ``medfool_ref.attacks`` and a function, imported only when the attack runs, so
+reading the catalog never needs torch) and what the campaign core needs to know to run it:
+which inputs it takes, whether it is targeted, its budget parameter and the budgets an audit
+sweeps, the knowledge it assumes, the catalog entry it implements and the configuration of its
+showcase run on the sample tiles (``medfool results``). The command line, the results run and
+the benchmarks read these specs; adding an attack means adding an entry here.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping
 
-# name -> (module under medfool_ref.attacks, function name)
-IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
-    "fgsm": ("gradient", "fgsm"),
-    "pgd": ("gradient", "pgd"),
-    "deepfool": ("deepfool", "deepfool"),
-    "eot": ("eot", "eot"),
-    "patch": ("patch", "adversarial_patch"),
-    "one-pixel": ("onepixel", "one_pixel"),
-    "fooling-images": ("fooling", "fooling_images"),
-    "badnets": ("backdoor", "badnets"),
-    "generative-poisoning": ("poisoning", "generative_poisoning"),
-    "direct-gradient-poisoning": ("poisoning", "direct_gradient_poison"),
-}
+Inputs = Literal["tiles", "tiles+training", "none", "training"]
+Targeting = Literal["never", "optional", "required"]
+Knowledge = Literal["white-box", "black-box"]
+
+# keyword-only parameters the campaign core supplies itself; they are never set from the command line
+SUPPLIED = frozenset({"target", "progress", "labels", "transforms", "classes", "config", "device", "deploy", "retrain"})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The parameter that bounds an attack's strength, its default, and the values an audit sweeps."""
+
+    param: str
+    default: float
+    sweep: tuple[float, ...]
+    unit: str  # how to read a value: "/255" (shown times 255), "fraction of the tile", "pixels", ...
+
+    def label(self, value: float) -> str:
+        if self.unit == "/255":
+            return f"{value * 255:g}/255"
+        if self.unit == "fraction of the tile":
+            return f"{value:.0%}"
+        return f"{value:g} {self.unit}"
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A parameter the attack function does not take directly (the executor maps it, e.g. to a TrainConfig)."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str = ""
+    minimum: float | None = None
+
+
+@dataclass(frozen=True)
+class Showcase:
+    """How ``medfool results`` runs the attack on the sample tiles the reference model gets right.
+
+    ``runs`` are parameter sets, one campaign entry each (e.g. one per patch area or trigger);
+    ``limit`` caps the tiles per size group and ``groups`` picks the size groups ("all" or
+    "first"); ``control`` names another attack run on the same tiles and draws for comparison;
+    ``same_as`` reports another attack's units instead of running its own.
+    """
+
+    runs: tuple[Mapping[str, Any], ...] = (MappingProxyType({}),)
+    target: str | None = None
+    limit: int | None = None
+    groups: Literal["all", "first"] = "all"
+    transform_draws: int = 0  # > 0: also score each adversarial under that many held-out transformation draws
+    control: tuple[str, Mapping[str, Any]] | None = None
+    same_as: str | None = None
+    support: int = 16  # training tiles for a universal attack
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    module: str
+    function: str
+    implements: str  # the catalog attack entry
+    inputs: Inputs
+    targeted: Targeting
+    knowledge: Knowledge
+    summary: str
+    budget: Budget | None = None
+    minimal_norm: str | None = None  # a minimal-perturbation attack reports the norm it minimises instead of a budget
+    extras: tuple[Extra, ...] = ()
+    showcase: Showcase = field(default_factory=Showcase)
+    verb: str | None = None  # the name under `medfool poison` for training-time attacks
+    default_target: str | None = None  # the target class when none is given
+
+    @property
+    def command(self) -> str:
+        return "poison" if self.inputs == "training" else "attack"
+
+    def function_object(self) -> Callable[..., Any]:
+        return getattr(import_module(f"medfool_ref.attacks.{self.module}"), self.function)
+
+    def parameters(self) -> dict[str, Extra]:
+        """Every parameter a user can set, with its type and default (from the function's signature and the extras)."""
+        out: dict[str, Extra] = {}
+        for name, p in inspect.signature(self.function_object()).parameters.items():
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY or name in SUPPLIED:
+                continue
+            out[name] = Extra(name, _kind_of(p), p.default)
+        for e in self.extras:
+            out[e.name] = e
+        return out
+
+
+def _kind_of(p: inspect.Parameter) -> type:
+    ann, default = str(p.annotation), p.default
+    if isinstance(default, bool) or ann == "bool":
+        return bool
+    if ann.startswith("tuple"):
+        return tuple
+    if (isinstance(default, int) and not isinstance(default, bool)) or ann.startswith("int"):
+        return int
+    if isinstance(default, float) or ann.startswith("float"):
+        return float
+    return str
+
+
+LINF_SWEEP = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+_TRAIN_EXTRAS = (
+    Extra("steps", int, 400, "training steps of each model", 1),
+    Extra("crop", int, 64, "training crop size (px)", 16),
+    Extra("batch_size", int, 32, "crops per training step", 2),
+    Extra("lr", float, 3e-3, "peak learning rate", 0),
+    Extra("width", int, 24, "network width", 1),
+    Extra("seed", int, 0, "training seed", 0),
+)
+
+
+def _p(**kw: Any) -> Mapping[str, Any]:
+    return MappingProxyType(kw)
+
+
+SPECS: dict[str, AttackSpec] = {s.name: s for s in (
+    AttackSpec("fgsm", "gradient", "fgsm", "fgsm", "tiles", "optional", "white-box",
+               "one signed-gradient step", budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"),
+               showcase=Showcase(runs=(_p(eps=8 / 255),))),
+    AttackSpec("pgd", "gradient", "pgd", "pgd", "tiles", "optional", "white-box",
+               "projected gradient descent with random start", budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"),
+               showcase=Showcase(runs=(_p(eps=8 / 255, steps=10),))),
+    AttackSpec("deepfool", "deepfool", "deepfool", "deepfool", "tiles", "never", "white-box",
+               "minimal L2 perturbation to the nearest linearised boundary", minimal_norm="l2",
+               showcase=Showcase(runs=(_p(overshoot=0.02, max_iter=50),))),
+    AttackSpec("eot", "eot", "eot", "eot", "tiles", "optional", "white-box",
+               "PGD on the loss expected over stain, geometry, blur and noise transformations",
+               budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"),
+               showcase=Showcase(runs=(_p(eps=8 / 255, steps=10, samples=8),), limit=12, groups="first", transform_draws=32,
+                                 control=("pgd", _p(eps=8 / 255, steps=10)))),
+    AttackSpec("patch", "patch", "adversarial_patch", "adversarial-patch", "tiles+training", "required", "white-box",
+               "a universal patch trained over tiles and random placements",
+               budget=Budget("area", 0.1, (0.05, 0.1, 0.2), "fraction of the tile"),
+               extras=(Extra("patch_file", str, None, "apply this patch image instead of training one"),),
+               showcase=Showcase(runs=(_p(area=0.05, steps=40), _p(area=0.1, steps=40), _p(area=0.2, steps=40)), target="NORM")),
+    AttackSpec("one-pixel", "onepixel", "one_pixel", "one-pixel", "tiles", "optional", "black-box",
+               "differential evolution over a few pixels, from output probabilities only",
+               budget=Budget("pixels", 1, (1, 3, 10), "pixels"),
+               showcase=Showcase(runs=(_p(pixels=1, population=100, generations=10),), limit=2)),
+    AttackSpec("fooling-images", "fooling", "fooling_images", "fooling-images", "none", "required", "black-box",
+               "CPPN images evolved from class scores alone", showcase=Showcase(runs=(_p(generations=100),))),
+    AttackSpec("badnets", "backdoor", "badnets", "badnets", "training", "required", "white-box",
+               "a trigger planted by whoever trains the model", verb="badnets", extras=_TRAIN_EXTRAS, default_target="NORM",
+               showcase=Showcase(runs=(_p(trigger="pixel-pattern", trigger_size=8, fraction=0.1),
+                                       _p(trigger="ink-mark", trigger_size=12, fraction=0.1)), target="NORM")),
+    AttackSpec("generative-poisoning", "poisoning", "generative_poisoning", "generative-poisoning", "training", "never",
+               "white-box", "poison tiles made by an autoencoder trained against the deployed model", verb="generative",
+               extras=(Extra("deploy_steps", int, 300, "training steps of the deployed model", 1),
+                       Extra("retrain_steps", int, 150, "steps of each retraining", 1)),
+               showcase=Showcase(runs=(_p(fractions=(0.1, 0.2, 0.3), repeats=3),))),
+    AttackSpec("direct-gradient-poisoning", "poisoning", "direct_gradient_poison", "direct-gradient-poisoning", "training",
+               "never", "white-box", "the per-tile gradient baseline the generator is timed against",
+               showcase=Showcase(same_as="generative-poisoning")),
+)}
+
+# name -> (module under medfool_ref.attacks, function name); what the catalog may name
+IMPLEMENTATIONS: dict[str, tuple[str, str]] = {name: (s.module, s.function) for name, s in SPECS.items()}
+
+
+def spec(name: str) -> AttackSpec:
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise KeyError(f"no reference implementation named {name!r} (known: {', '.join(sorted(SPECS))})") from None
 
 
 def resolve(name: str) -> Callable[..., Any]:
     """Return the attack function registered under ``name``."""
-    try:
-        module, func = IMPLEMENTATIONS[name]
-    except KeyError:
-        known = ", ".join(sorted(IMPLEMENTATIONS)) or "none yet"
-        raise KeyError(f"no reference implementation named {name!r} (known: {known})") from None
-    return getattr(import_module(f"medfool_ref.attacks.{module}"), func)
+    return spec(name).function_object()

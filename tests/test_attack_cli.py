@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from medfool_ref.cli import main
-from medfool_ref.tiles import TILE_ROOT
+from medfool_ref.inputs.samples import TILE_ROOT
 
 TUMOUR_TILE = TILE_ROOT / "kather2016-crc-texture-sample/01_TUMOR/1A11_CRC-Prim-HE-07_022.tif_Row_601_Col_151.tif"
 

@@ -7,17 +7,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from devices import DEVICE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from devices import DEVICE
-from medfool_ref.attacks import adversarial_patch, apply_patch, eot, expected_success, fooling_images, one_pixel, pgd, place, placement_success
+from medfool_ref.attacks import (
+    adversarial_patch,
+    apply_patch,
+    eot,
+    expected_success,
+    fooling_images,
+    one_pixel,
+    pgd,
+    place,
+)
 from medfool_ref.attacks import transforms as T
+from medfool_ref.campaign.showcase import correct_batches
 from medfool_ref.cli import main
-from medfool_ref.model import load_model
-from medfool_ref.results_run import correct_batches
-from medfool_ref.tiles import CLASSES, TILE_ROOT
+from medfool_ref.inputs.samples import CLASSES, TILE_ROOT
+from medfool_ref.targets.reference import load_model
+from medfool_ref.targets.target import module_target
 
 TUM, NORM = CLASSES.index("TUM"), CLASSES.index("NORM")
 
@@ -25,7 +35,7 @@ TUM, NORM = CLASSES.index("TUM"), CLASSES.index("NORM")
 @pytest.fixture(scope="module")
 def reference():
     model = load_model(device=DEVICE)
-    return model, correct_batches(model, DEVICE)
+    return model, correct_batches(module_target(model, model.classes))
 
 
 # --------------------------------------------------------------------------- transformations and EOT
@@ -208,7 +218,7 @@ def test_cli_eot_one_pixel_fooling_and_patch(tmp_path: Path, capsys) -> None:
     assert json.loads((tmp_path / "fi/report.json").read_text())["classes"] == ["TUM"]
     assert (tmp_path / "fi/gallery.png").is_file()
     # a saved patch is applied without training
-    from medfool_ref.report import save_png
+    from medfool_ref.inputs.tiles import save_png
 
     save_png(torch.rand(3, 32, 32), tmp_path / "p.png")
     assert main(["attack", "patch", "--tile", str(TILE), "--target", "NORM", "--set", f"patch_file={tmp_path / 'p.png'}",

@@ -17,9 +17,11 @@ import torchattacks
 from medfool_ref.attacks.deepfool import deepfool
 from medfool_ref.attacks.gradient import pgd
 from medfool_ref.attacks.onepixel import one_pixel
-from medfool_ref.model import load_model
-from medfool_ref.results_run import correct_batches
-from medfool_ref.tiles import read_tile, sample_tiles
+from medfool_ref.campaign.showcase import correct_batches
+from medfool_ref.inputs.samples import sample_tiles
+from medfool_ref.inputs.tiles import read_tile
+from medfool_ref.targets.reference import load_model
+from medfool_ref.targets.target import module_target
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def setup():
     model = load_model(device="cpu").eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    x, y, _ = min(correct_batches(model, torch.device("cpu")), key=lambda b: b[0].shape[-1])  # the 150 px tiles
+    x, y, _ = min(correct_batches(module_target(model, model.classes)), key=lambda b: b[0].shape[-1])  # the 150 px tiles
     return model, x[:12], y[:12]
 
 

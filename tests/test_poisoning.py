@@ -8,12 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from devices import DEVICE
-from medfool_ref.attacks.backdoor import apply_trigger, badnets, make_trigger, poison_hook
+
+from medfool_ref.attacks.backdoor import (
+    apply_trigger,
+    badnets,
+    make_trigger,
+    poison_hook,
+)
 from medfool_ref.cli import main
-from medfool_ref.tiles import CLASSES, sample_tiles, split
-from medfool_ref.training import TrainConfig, crop_bank, train
+from medfool_ref.inputs.samples import CLASSES, sample_tiles, split
+from medfool_ref.training.loop import TrainConfig, crop_bank, train
 
 NORM = CLASSES.index("NORM")
 
@@ -102,7 +107,7 @@ def test_poison_cli(tmp_path: Path, capsys) -> None:
     assert {"clean_model", "backdoored_model"} <= set(report["metrics"])
     assert (tmp_path / "backdoored.safetensors").is_file() and (tmp_path / "MODEL_CARD.md").is_file()
     assert (tmp_path / "triggered.png").is_file()
-    from medfool_ref.model import load_model
+    from medfool_ref.targets.reference import load_model
 
     load_model(tmp_path / "backdoored.safetensors", device="cpu")  # loads like any medfool model
     capsys.readouterr()

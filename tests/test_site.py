@@ -210,3 +210,31 @@ def test_attack_page_shows_a_real_run(tmp_path: Path) -> None:
     assert 'src="../results/fgsm/comparison.png"' in page
     # an attack without a recorded run says so
     assert "No run of <code>pgd</code> is recorded" in (out / "attacks/pgd.html").read_text(encoding="utf-8")
+
+
+def test_results_show_provenance_and_staleness(tmp_path: Path) -> None:
+    from medfool_ref.site.results import results_html
+
+    folder = tmp_path / "fgsm"
+    folder.mkdir()
+    provenance = {"medfool": "0.1.0", "code_hash": "abc123", "machine": "x86_64", "date": "2026-01-02",
+                  "command": "medfool results --only fgsm"}
+    report = {"summary": {"images": 45, "successes": 40, "success_rate": 0.8889, "not_a_known_key": 1,
+                          "by_trigger": {"ink-mark": {"attack_success_rate": 0.5}}},  # other keys missing
+              "provenance": provenance}
+    (folder / "report.json").write_text(json.dumps(report))
+    html = results_html("fgsm", tmp_path, "attacks/fgsm.md")
+    assert "<dd>40</dd>" in html and "<dd>88.9%</dd>" in html and "not_a_known_key" not in html
+    assert "ink-mark: CA ? (clean model ?), ASR 50.0% (clean model ?), RA ?" in html
+    assert "<h4>Provenance</h4>" in html
+    for key, value in provenance.items():
+        assert f"<dt>{key}</dt><dd>{value}</dd>" in html
+    assert "mf-stale" not in html
+
+    (folder / "report.json").write_text(json.dumps({**report, "provenance": {**provenance, "stale": True}}))
+    html = results_html("fgsm", tmp_path, "attacks/fgsm.md")
+    assert re.search(r'<p class="mf-stale">The code that produced this result has changed since', html)
+
+    (folder / "report.json").write_text(json.dumps({"summary": {"images": 3}}))  # an older report, without provenance
+    html = results_html("fgsm", tmp_path, "attacks/fgsm.md")
+    assert "<dd>3</dd>" in html and "Provenance" not in html

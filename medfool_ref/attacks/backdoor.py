@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..model import TileClassifier
-from ..tiles import CLASSES, Tile
-from ..training import CropBank, TrainConfig, crop_bank, train
+from ..targets.tilenet import TileClassifier
+from ..inputs.samples import CLASSES, Tile
+from ..training.loop import CropBank, TrainConfig, crop_bank, train
 
 TRIGGERS = ("pixel-pattern", "ink-mark")
 MODES = ("all-to-one", "all-to-all")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import transforms as T
-from ._core import AttackResult, Progress, check_int, check_positive, finish, is_success, prepare, seeded_generator
+from ._core import AttackResult, Progress, check_int, check_positive, finish, prepare, seeded_generator
 from .gradient import _project
 
 HELD_OUT_SEED_OFFSET = 1_000_003

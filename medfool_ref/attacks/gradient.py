@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import AttackResult, Progress, check_choice, check_int, check_positive, finish, is_success, prepare, seeded_generator
+from ._core import AttackResult, CountingModel, Progress, check_choice, check_int, check_positive, finish, is_success, prepare, seeded_generator
 
 NORMS = ("linf", "l2")
 

@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..model import TileClassifier
-from ..tiles import CLASSES, Tile
-from ..training import CropBank, TrainConfig, crop_bank, train
+from ..targets.tilenet import TileClassifier
+from ..inputs.samples import CLASSES, Tile
+from ..training.loop import CropBank, TrainConfig, crop_bank, train
 
 Progress = Callable[[int, int], None]
 OBJECTIVES = ("typical", "reward")

@@ -19,7 +19,7 @@ from pybtex.style.formatting.plain import Style
 from .derive import papers_by_relation
 
 if TYPE_CHECKING:
-    from .loader import Catalog
+    from .tables import Catalog
 
 FORMATS = ("bibtex", "text", "csl-json")
 PRIVATE_FIELDS = {"note"}  # our own bookkeeping, not part of a reference

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .models import FAMILY_LABELS, Attack, Column, Family, Paper, Route
 
 if TYPE_CHECKING:
-    from .loader import Catalog
+    from .tables import Catalog
 
 
 def route_of(attack: Attack) -> Route:

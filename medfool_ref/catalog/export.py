@@ -9,8 +9,17 @@ from pydantic import BaseModel, ConfigDict
 
 from .bibliography import Bibliography
 from .cite import bibtex_of
-from .loader import Catalog
-from .models import Attack, CatalogMeta, Dataset, Defence, Domain, Paper, RiskModel, Version
+from .models import (
+    Attack,
+    CatalogMeta,
+    Dataset,
+    Defence,
+    Domain,
+    Paper,
+    RiskModel,
+    Version,
+)
+from .tables import Catalog
 
 
 class Export(BaseModel):

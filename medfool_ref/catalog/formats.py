@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .derive import Table
 
 if TYPE_CHECKING:
-    from .loader import Catalog
+    from .tables import Catalog
 
 TABLE_FORMATS = ("markdown", "csv", "latex", "json")
 

@@ -8,79 +8,20 @@ them when any is an error; :func:`check_catalog` returns them for the CLI.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from .bibliography import Bibliography, load_bibliography
+from .bibliography import load_bibliography
+from .derive import derived_placements
 from .diagnostics import CatalogError, Diagnostic, Severity
-from .models import (
-    KIND_MODELS,
-    Attack,
-    CatalogMeta,
-    Dataset,
-    Defence,
-    Domain,
-    Paper,
-    RiskModel,
-    Strict,
-)
-from .yamlread import Document, Path as FieldPath, YamlProblem, dotted, read_yaml
+from .models import KIND_MODELS, CatalogMeta, Paper, Strict
+from .tables import Catalog, Source
+from .yamlread import Path as FieldPath
+from .yamlread import YamlProblem, dotted, read_yaml
 
 KIND_DIRS = tuple(KIND_MODELS)  # folder names under catalog/
-
-
-@dataclass
-class Source:
-    path: str  # relative to the root, posix
-    doc: Document
-
-    def line(self, loc: FieldPath) -> int:
-        return self.doc.line_of(loc)
-
-
-@dataclass
-class Catalog:
-    root: Path
-    meta: CatalogMeta
-    attacks: dict[str, Attack] = field(default_factory=dict)
-    papers: dict[str, Paper] = field(default_factory=dict)
-    domains: dict[str, Domain] = field(default_factory=dict)
-    defences: dict[str, Defence] = field(default_factory=dict)
-    datasets: dict[str, Dataset] = field(default_factory=dict)
-    risk_model: RiskModel | None = None
-    bib: Bibliography = field(default_factory=Bibliography)
-    sources: dict[str, Source] = field(default_factory=dict)  # entry id -> where it was read
-    broken: set[str] = field(default_factory=set)  # ids of files that failed to validate
-
-    @property
-    def version(self) -> str:
-        return self.meta.version
-
-    def kind_of(self, entry_id: str) -> str | None:
-        for kind, table in self.tables().items():
-            if entry_id in table:
-                return kind
-        return None
-
-    def tables(self) -> dict[str, dict[str, Strict]]:
-        return {
-            "attack": self.attacks,
-            "paper": self.papers,
-            "domain": self.domains,
-            "defence": self.defences,
-            "dataset": self.datasets,
-        }
-
-    def get(self, entry_id: str) -> Strict | None:
-        for table in self.tables().values():
-            if entry_id in table:
-                return table[entry_id]
-        if self.risk_model is not None and self.risk_model.id == entry_id:
-            return self.risk_model
-        return None
 
 
 def default_root() -> Path:
@@ -283,8 +224,6 @@ class _Checker:
 
     def placements(self, p: Paper) -> None:
         """The survey's Table 1 placement must agree with our relations, or carry a note."""
-        from .derive import derived_placements
-
         assert p.survey is not None
         seen: set[tuple[str, str]] = set()
         for i, t in enumerate(p.survey.table1):

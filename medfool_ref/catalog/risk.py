@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .models import Attack, Capability, Knowledge, Scenario
 
 if TYPE_CHECKING:
-    from .loader import Catalog
+    from .tables import Catalog
 
 KNOWLEDGE_POINTS = {Knowledge.BLACK_BOX: 2, Knowledge.GREY_BOX: 1, Knowledge.WHITE_BOX: 0}
 ACCESS_POINTS = {

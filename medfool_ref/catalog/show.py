@@ -9,7 +9,7 @@ from .models import ROUTE_LABELS
 from .risk import likelihood
 
 if TYPE_CHECKING:
-    from .loader import Catalog
+    from .tables import Catalog
 
 SITE_SECTIONS = {"attack": "attacks", "paper": "papers", "domain": "domains", "defence": "defences", "dataset": "datasets"}
 

@@ -2,7 +2,7 @@
 
 ``peers-*.json`` are written by ``python -m benchmarks.run`` (medfool against torchattacks, Foolbox
 and ART, side by side in one run); ``catalog-scale.json`` by ``python -m benchmarks.catalog_scale``.
-Every value is escaped: the files are data, not markup.
+The files are data, not markup: ``benchmarks.html`` escapes every value.
 """
 
 from __future__ import annotations
@@ -11,60 +11,38 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .html import block, esc
+from .html import block
+from .render import render
 
 URI = "benchmarks.md"
+PEER_COLUMNS = ("seconds", "ratio_to_medfool", "success_rate", "median_l2", "median_linf", "forward_images", "backward_images")
+SCALE_COLUMNS = ("entries_added", "validate_s", "export_s", "export_mb", "peak_rss_mb", "site_s", "site_pages")
 
 
 def _num(v: Any, digits: int = 3) -> str:
     if v is None:
         return "–"
-    if isinstance(v, float):
-        return esc(f"{v:.{digits}g}")
-    return esc(str(v))
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
 def _pct(v: Any) -> str:
-    return "–" if v is None else esc(f"{v:.0%}")
+    return "–" if v is None else f"{v:.0%}"
 
 
-def _peer_section(name: str, data: dict[str, Any]) -> list[str]:
-    m = data.get("machine", {})
-    versions = ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items())
-    tiles = data.get("tiles", {})
-    head = ("<tr><th>attack</th><th>implementation</th><th>seconds</th><th>time / medfool</th><th>success</th>"
-            "<th>median L2</th><th>median L∞</th><th>forward images</th><th>backward images</th><th>note</th></tr>")
-    rows = []
-    for r in data.get("rows", []):
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-            esc(r.get("attack", "")), esc(r.get("implementation", "")), _num(r.get("seconds")), _num(r.get("ratio_to_medfool")),
-            _pct(r.get("success_rate")), _num(r.get("median_l2")), _num(r.get("median_linf")), _num(r.get("forward_images")),
-            _num(r.get("backward_images")), esc(r.get("note", "")))) + "</tr>")
-    where = m.get("gpu") or m.get("machine", "?")
-    return [
-        f"<h2 id=\"{esc(name)}\">Attack implementations: {esc(where)} ({esc(m.get('device', '?'))})</h2>",
-        f"<p>Measured {esc(data.get('date', '?'))} in one process on {esc(tiles.get('count', '?'))} initially-correct sample "
-        f"tiles of {esc(tiles.get('size_px', '?'))} px with the reference model; {esc(m.get('cpu_count', '?'))} CPUs, "
-        f"{esc(m.get('torch_threads', '?'))} torch threads; {esc(versions)}. Seconds are medians of repeated runs after a "
-        "warm-up; a ratio above 1 means the peer is slower than medfool. Success is on tiles the model got right.</p>",
-        f"<table class=\"mf-table\"><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>",
-    ]
+def _peer_section(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    m, tiles = data.get("machine", {}), data.get("tiles", {})
+    rows = [[str(r.get("attack", "")), str(r.get("implementation", ""))]
+            + [_pct(r.get(k)) if k == "success_rate" else _num(r.get(k)) for k in PEER_COLUMNS] + [str(r.get("note", ""))]
+            for r in data.get("rows", [])]
+    return {"name": name, "where": m.get("gpu") or m.get("machine", "?"), "device": m.get("device", "?"),
+            "date": data.get("date", "?"), "tiles": tiles.get("count", "?"), "size_px": tiles.get("size_px", "?"),
+            "cpu_count": m.get("cpu_count", "?"), "torch_threads": m.get("torch_threads", "?"),
+            "versions": ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items()), "rows": rows}
 
 
-def _scale_section(data: dict[str, Any]) -> list[str]:
-    head = ("<tr><th>entries added</th><th>validate (s)</th><th>export (s)</th><th>export (MB)</th><th>peak memory (MB)</th>"
-            "<th>site build (s)</th><th>site pages</th></tr>")
-    rows = []
-    for r in data.get("rows", []):
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-            _num(r.get("entries_added")), _num(r.get("validate_s")), _num(r.get("export_s")), _num(r.get("export_mb")),
-            _num(r.get("peak_rss_mb")), _num(r.get("site_s")), _num(r.get("site_pages")))) + "</tr>")
-    return [
-        "<h2 id=\"catalog-scale\">The catalog at scale</h2>",
-        f"<p>The shipped catalog plus N synthetic, valid entries, each measured in a fresh process; measured "
-        f"{esc(data.get('date', '?'))} on {esc(data.get('machine', '?'))}.</p>",
-        f"<table class=\"mf-table\"><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>",
-    ]
+def _scale_section(data: dict[str, Any]) -> dict[str, Any]:
+    rows = [[_num(r.get(k)) for k in SCALE_COLUMNS] for r in data.get("rows", [])]
+    return {"date": data.get("date", "?"), "machine": data.get("machine", "?"), "rows": rows}
 
 
 def benchmarks_page(folder: Path | None):  # -> Page | None (imported lazily to avoid a cycle)
@@ -72,19 +50,9 @@ def benchmarks_page(folder: Path | None):  # -> Page | None (imported lazily to 
 
     if folder is None or not folder.is_dir():
         return None
-    parts: list[str] = [
-        "<p>Are medfool's reference implementations as strong as the libraries red-teamers already use, and are they "
-        "faster? These tables answer with measurements taken side by side, never with claims. Reproduce them with "
-        "<code>python -m benchmarks.run</code> and <code>python -m benchmarks.catalog_scale</code> "
-        "(see <code>benchmarks/README.md</code>).</p>"]
-    found = False
-    for path in sorted(folder.glob("peers-*.json")):
-        parts += _peer_section(path.stem, json.loads(path.read_text(encoding="utf-8")))
-        found = True
-    scale = folder / "catalog-scale.json"
-    if scale.is_file():
-        parts += _scale_section(json.loads(scale.read_text(encoding="utf-8")))
-        found = True
-    if not found:
+    peers = [_peer_section(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(folder.glob("peers-*.json"))]
+    scale_file = folder / "catalog-scale.json"
+    scale = _scale_section(json.loads(scale_file.read_text(encoding="utf-8"))) if scale_file.is_file() else None
+    if not peers and scale is None:
         return None
-    return Page(URI, "Benchmarks", block(*parts))
+    return Page(URI, "Benchmarks", block(render("benchmarks.html", peers=peers, scale=scale)))

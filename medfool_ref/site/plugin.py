@@ -69,7 +69,7 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
             "downloads/catalog.json": export_json(c),
             "downloads/catalog.schema.json": json.dumps(json_schema(), indent=2),
         }
-        card = Path(__file__).resolve().parents[1] / "models" / "MODEL_CARD.md"
+        card = Path(__file__).resolve().parents[1] / "data" / "reference-model" / "MODEL_CARD.md"
         if card.is_file():  # our own text, written by `medfool model train`
             _add(files, File.generated(config, "reference-model.md", content=card.read_text(encoding="utf-8")))
         for uri, content in downloads.items():

@@ -2,15 +2,18 @@
 
 ``medfool results`` writes ``<results>/<implementation>/report.json`` and ``comparison.png``
 by running our code on the sample tiles; the site only reads them. Nothing is typed in by hand.
-When no run exists the page says so.
+When no run exists the page says so. A report may also hold ``provenance`` (version, code hash,
+machine, date, command; ``stale``: the code has changed since), shown beneath the results.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .html import dl, esc, href
+from .html import href
+from .render import render
 
 LABELS = {
     "images": "tiles attacked (those the reference model classifies correctly)",
@@ -66,46 +69,80 @@ def result_files(results_dir: Path | None) -> list[tuple[str, Path]]:
     return [(f"results/{p.parent.name}/{p.name}", p) for p in sorted(results_dir.glob("*/*.png")) if p.name in FIGURES]
 
 
+def _number(v: object, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "?"
+
+
+def _num(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _pct(v: object, digits: int = 1) -> str:
+    return _number(v, f".{digits}%")
+
+
+def _sub(k: str, v: object) -> str:
+    """One entry of a nested summary value (per trigger, per poison share, per patch area, or a plain value)."""
+    if isinstance(v, dict) and "attack_success_rate" in v:
+        return (f"{k}: CA {_pct(v.get('clean_accuracy_backdoored'))} (clean model {_pct(v.get('clean_accuracy_clean_model'))}), "
+                f"ASR {_pct(v['attack_success_rate'])} (clean model {_pct(v.get('asr_of_clean_model'))}), "
+                f"RA {_pct(v.get('robust_accuracy'))}")
+    if isinstance(v, dict) and "generative" in v:
+        shares = [v[n] for n in ("generative", "generative-reward", "label-flip", "noise") if isinstance(v.get(n), dict)]
+        return f"{k}: " + " / ".join(f"{_pct(s.get('accuracy'))} ({_number(s.get('loss'), '.3f')})" for s in shares)
+    if isinstance(v, dict) and "on_training_tiles" in v:
+        tr, other = v["on_training_tiles"] or {}, v.get("on_other_tiles") or {}
+        text = f"{k}: {_pct(tr.get('adversarial'), 0)} (grey {_pct(tr.get('grey'), 0)}, noise {_pct(tr.get('noise'), 0)})"
+        if other:
+            text += f" / {_pct(other.get('adversarial'), 0)} (grey {_pct(other.get('grey'), 0)}, noise {_pct(other.get('noise'), 0)})"
+        return text
+    return f"{k}={_num(v)}"
+
+
 def _fmt(key: str, value: object) -> str:
+    """A summary value as text (escaped when rendered)."""
     if key == "success_rate" and isinstance(value, float):
         return f"{value:.1%}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
     if isinstance(value, dict):
-        parts = []
-        for k, v in value.items():
-            if isinstance(v, dict) and "attack_success_rate" in v:
-                parts.append(f"{k}: CA {v['clean_accuracy_backdoored']:.1%} (clean model {v['clean_accuracy_clean_model']:.1%}), "
-                             f"ASR {v['attack_success_rate']:.1%} (clean model {v['asr_of_clean_model']:.1%}), RA {v['robust_accuracy']:.1%}")
-            elif isinstance(v, dict) and "generative" in v:
-                parts.append(f"{k}: " + " / ".join(f"{v[n]['accuracy']:.1%} ({v[n]['loss']:.3f})"
-                                                  for n in ("generative", "generative-reward", "label-flip", "noise") if n in v))
-            elif isinstance(v, dict) and "on_training_tiles" in v:
-                tr, other = v["on_training_tiles"], v.get("on_other_tiles") or {}
-                parts.append(f"{k}: {tr['adversarial']:.0%} (grey {tr['grey']:.0%}, noise {tr['noise']:.0%})"
-                             + (f" / {other['adversarial']:.0%} (grey {other['grey']:.0%}, noise {other['noise']:.0%})" if other else ""))
-            else:
-                parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-        return "; ".join(parts)
+        return "; ".join(_sub(k, v) for k, v in value.items())
     if isinstance(value, list):
-        return ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
-    return str(value)
+        return ", ".join(_num(v) for v in value)
+    return _num(value)
 
 
-def results_html(implementation: str, results_dir: object, here: str) -> str:
+@dataclass(frozen=True)
+class Run:
+    """What ``results.html`` shows for one implementation: status, labelled values, figures and provenance."""
+
+    implementation: str
+    status: str  # "unconfigured", "missing" or "found"
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (src, caption)
+    provenance: list[tuple[str, str]] = field(default_factory=list)
+    stale: bool = False
+
+
+def read_run(implementation: str, results_dir: object, here: str) -> Run:
+    """Read ``<results>/<implementation>/report.json``; unknown keys are skipped, missing ones left out."""
     if results_dir is None:
-        return '<p class="mf-none">No results folder is configured for this build.</p>'
+        return Run(implementation, "unconfigured")
     folder = Path(str(results_dir)) / implementation
     report = folder / "report.json"
     if not report.is_file():
-        return (f'<p class="mf-none">No run of <code>{esc(implementation)}</code> is recorded for this build '
-                "(<code>medfool results</code> writes one; <code>make serve</code> runs it).</p>")
-    summary = json.loads(report.read_text(encoding="utf-8")).get("summary", {})
-    rows = [(LABELS.get(k, k), esc(_fmt(k, v))) for k, v in summary.items() if k in LABELS]
-    figure = ""
-    for name, caption in FIGURES.items():
-        if (folder / name).is_file():
-            src = href(here, f"results/{implementation}/{name}")
-            figure += f'<figure><img src="{src}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+        return Run(implementation, "missing")
+    data = json.loads(report.read_text(encoding="utf-8"))
+    summary = data.get("summary") or {}
+    provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
+    return Run(
+        implementation, "found",
+        facts=[(LABELS[k], _fmt(k, v)) for k, v in summary.items() if k in LABELS],
+        figures=[(href(here, f"results/{implementation}/{name}"), caption)
+                 for name, caption in FIGURES.items() if (folder / name).is_file()],
+        provenance=[(str(k), _fmt(str(k), v)) for k, v in provenance.items() if k != "stale"],
+        stale=provenance.get("stale") is True,
+    )
 
-    return "<h3>Results of a real run on the sample tiles</h3>" + dl(rows) + figure
+
+def results_html(implementation: str, results_dir: object, here: str) -> str:
+    """The results section of an attack page."""
+    return render("results.html", run=read_run(implementation, results_dir, here))

@@ -14,9 +14,10 @@ from typing import Callable
 
 import torch
 
-from .model import ARCHITECTURE, MODEL_DIR, TileClassifier, save_model, sha256_of
-from .tiles import CLASS_NAMES, CLASSES, KATHER2016_MAP, sample_tiles, split
-from .training import TrainConfig, crop_bank, evaluate, train
+from ..inputs.samples import CLASS_NAMES, CLASSES, KATHER2016_MAP, sample_tiles, split
+from ..targets.reference import MODEL_DIR, save_model, sha256_of
+from ..targets.tilenet import ARCHITECTURE
+from .loop import TrainConfig, crop_bank, evaluate, train
 
 CARD_JSON = "tilenet.json"
 
@@ -101,7 +102,7 @@ training tiles. It is good enough to show that attacks flip real decisions, and 
 **Weights.** `{card['weights']}` (safetensors, sha256 `{card['sha256']}`), with the normalisation
 (mean/std of the training crops) inside the model: inputs are RGB in [0, 1].
 
-**Loading other models.** `medfool_ref.model.load_model` loads only this architecture from
+**Loading other models.** `medfool_ref.targets.reference.load_model` loads only this architecture from
 `.safetensors` files and refuses pickled `.pt`/`.pth` files. Any other `torch.nn.Module` that maps
 [0, 1] RGB batches to logits can be passed to the attack functions from Python.
 """

@@ -1,8 +1,4 @@
-"""The ``medfool`` command line.
-
-Exit codes: 0 success, 1 the catalog is invalid, 2 a usage error (unknown id, bad option,
-missing folder). User mistakes never end in a traceback.
-"""
+"""The catalog commands: validate, list, show, table, cite and export."""
 
 from __future__ import annotations
 
@@ -10,18 +6,13 @@ import argparse
 import difflib
 import sys
 from pathlib import Path
-from typing import Sequence
 
-from .attack_cli import ParamError
-from .catalog import Catalog, CatalogError, Severity, check_catalog, load_catalog
-from .catalog.cite import FORMATS as CITE_FORMATS
-from .catalog.formats import TABLE_FORMATS
+from ..catalog import Catalog, Severity, check_catalog, load_catalog
+from ..catalog.cite import FORMATS as CITE_FORMATS
+from ..catalog.formats import TABLE_FORMATS
+from .params import UsageError
 
 KINDS = ("attack", "paper", "domain", "defence", "dataset", "risk-model")
-
-
-class UsageError(Exception):
-    """A mistake in how the command was called: reported in one line, exit 2."""
 
 
 def _root(value: str | None) -> Path | None:
@@ -85,7 +76,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .catalog.show import show
+    from ..catalog.show import show
 
     catalog = _load(args)
     print(show(catalog, _entry(catalog, args.id)))
@@ -93,8 +84,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .catalog.derive import table1
-    from .catalog.formats import render_table
+    from ..catalog.derive import table1
+    from ..catalog.formats import render_table
 
     catalog = _load(args)
     sys.stdout.write(render_table(catalog, table1(catalog, args.scope), args.format))
@@ -102,7 +93,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_cite(args: argparse.Namespace) -> int:
-    from .catalog.cite import cite
+    from ..catalog.cite import cite
 
     catalog = _load(args)
     print(cite(catalog, _entry(catalog, args.id), args.format))
@@ -112,7 +103,7 @@ def cmd_cite(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import json
 
-    from .catalog.export import export_json, json_schema
+    from ..catalog.export import export_json, json_schema
 
     text = json.dumps(json_schema(), indent=2) if args.format == "jsonschema" else export_json(_load(args))
     if args.output:
@@ -129,10 +120,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medfool", description="Catalog of ways to fool medical imaging networks.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     def with_root(p: argparse.ArgumentParser) -> None:
         p.add_argument("--root", help="project folder holding catalog/ and bib/ (default: this checkout)")
 
@@ -167,37 +155,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     with_root(p)
     p.set_defaults(func=cmd_export)
-
-    from .site.cli import add_site_commands
-
-    add_site_commands(sub)
-    from .attack_cli import add_commands
-
-    add_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (UsageError, ParamError) as exc:
-        print(f"medfool: error: {exc}", file=sys.stderr)
-        return 2
-    except CatalogError as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
-        errors = sum(p.severity is Severity.ERROR for p in exc.problems)
-        print(f"medfool: the catalog is invalid ({errors} error(s)); run 'medfool validate' for details", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 0
-    except OSError as exc:  # an output path the user gave cannot be written, a disk is full...
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"medfool: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,8 +16,9 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .model import TileClassifier, TileNet
-from .tiles import CLASSES, Tile, read_tile
+from ..inputs.samples import CLASSES, Tile
+from ..inputs.tiles import read_tile
+from ..targets.tilenet import TileClassifier, TileNet
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 

@@ -20,7 +20,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, cwd=root)
 
 
-def add_site_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("site", help="build the documentation site from the catalog (or build and serve it)")
     p.add_argument("--serve", action="store_true", help="serve it at --addr and rebuild on changes")
     p.add_argument("--addr", default="127.0.0.1:8000", help="address to serve on (default 127.0.0.1:8000)")
