@@ -262,17 +262,24 @@ def bench_patch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torc
         art_patch = _PatchNumpy(clf, target=target, rotation_max=0.0, scale_min=scale, scale_max=scale,
                                           learning_rate=5.0, max_iter=steps, batch_size=xs.shape[0], targeted=True, verbose=False)
         art_name = "art (AdversarialPatchNumpy; no torchvision for this torch)"
-    t_ours, (patch, _, _) = timed(lambda: train_patch(model, xs, target=target, area=area, steps=steps, resolution=res), device, repeats)
-    ours_rate = placement_success(model, xs, patch, target=target, area=area, draws=8)["adversarial"]
+    # equal settings: ART's placement (fixed scale, no rotation) for training and evaluation alike
+    same = {"scale_jitter": 0.0, "max_rotation_deg": 0.0}
+    t_ours, (patch, _, _) = timed(lambda: train_patch(model, xs, target=target, area=area, steps=steps, resolution=res, **same),
+                                  device, repeats)
+    ours_rate = placement_success(model, xs, patch, target=target, area=area, draws=8, **same)["adversarial"]
+    t_path, (p_path, _, _) = timed(lambda: train_patch(model, xs, target=target, area=area, steps=steps, resolution=res), device, 1)
+    path_rate = placement_success(model, xs, p_path, target=target, area=area, draws=8)["adversarial"]
     t_art, _ = timed(lambda: art_patch.generate(xs.cpu().numpy(), y=onehot), device, repeats)
     with torch.no_grad():
         patched = torch.as_tensor(art_patch.apply_patch(xs.cpu().numpy(), scale=scale), device=device, dtype=xs.dtype)
         art_rate = float((model(patched).argmax(1) == target).float().mean())
     extra = {"steps": steps, "tiles": int(xs.shape[0]), "area": area}
     floor = floor_seconds(model, xs, y[y != target], 1, device, repeats)
-    return [Row("patch", "medfool", t_ours / steps, repeats, float(ours_rate), note=f"seconds per step; {steps} steps; target NORM",
-                extra=extra),
-            Row("patch", art_name, t_art / steps, repeats, art_rate, note=f"seconds per step; {steps} steps; target NORM", extra=extra),
+    note = f"seconds per step; {steps} steps; target NORM; fixed scale, no rotation (ART's placement), trained and evaluated"
+    return [Row("patch", "medfool", t_ours / steps, repeats, float(ours_rate), note=note, extra=extra),
+            Row("patch", art_name, t_art / steps, repeats, art_rate, note=note, extra=extra),
+            Row("patch", "medfool (pathology placement: any rotation, scale +-20%)", t_path / steps, 1, float(path_rate),
+                note=f"seconds per step; {steps} steps; trained and evaluated under medfool's default placement", extra=extra),
             Row("patch", "floor (1 forward+backward)", floor, repeats, note="seconds per step")]
 
 

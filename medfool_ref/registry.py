@@ -12,8 +12,12 @@ the benchmarks read these specs; adding an attack means adding an entry here.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from importlib import import_module
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
@@ -72,6 +76,7 @@ class Showcase:
     control: tuple[str, Mapping[str, Any]] | None = None
     same_as: str | None = None
     support: int = 16  # training tiles for a universal attack
+    recorded: bool = False  # too long for the main command: run by `make results`, committed with its provenance
 
 
 @dataclass(frozen=True)
@@ -141,41 +146,39 @@ def _p(**kw: Any) -> Mapping[str, Any]:
 SPECS: dict[str, AttackSpec] = {s.name: s for s in (
     AttackSpec("fgsm", "gradient", "fgsm", "fgsm", "tiles", "optional", "white-box",
                "one signed-gradient step", budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"),
-               showcase=Showcase(runs=(_p(eps=8 / 255),))),
+               showcase=Showcase()),
     AttackSpec("pgd", "gradient", "pgd", "pgd", "tiles", "optional", "white-box",
                "projected gradient descent with random start", budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"),
-               showcase=Showcase(runs=(_p(eps=8 / 255, steps=10),))),
+               showcase=Showcase()),
     AttackSpec("deepfool", "deepfool", "deepfool", "deepfool", "tiles", "never", "white-box",
                "minimal L2 perturbation to the nearest linearised boundary", minimal_norm="l2",
-               showcase=Showcase(runs=(_p(overshoot=0.02, max_iter=50),))),
+               showcase=Showcase()),
     AttackSpec("eot", "eot", "eot", "eot", "tiles", "optional", "white-box",
                "PGD on the loss expected over stain, geometry, blur and noise transformations",
                budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"),
-               showcase=Showcase(runs=(_p(eps=8 / 255, steps=10, samples=8),), limit=12, groups="first", transform_draws=32,
-                                 control=("pgd", _p(eps=8 / 255, steps=10)))),
+               showcase=Showcase(limit=12, groups="first", transform_draws=32, control=("pgd", _p()))),
     AttackSpec("patch", "patch", "adversarial_patch", "adversarial-patch", "tiles+training", "required", "white-box",
                "a universal patch trained over tiles and random placements",
                budget=Budget("area", 0.1, (0.05, 0.1, 0.2), "fraction of the tile"),
                extras=(Extra("patch_file", str, None, "apply this patch image instead of training one"),),
-               showcase=Showcase(runs=(_p(area=0.05, steps=40), _p(area=0.1, steps=40), _p(area=0.2, steps=40)), target="NORM")),
+               showcase=Showcase(runs=(_p(area=0.05), _p(area=0.1), _p(area=0.2)), target="NORM", recorded=True)),
     AttackSpec("one-pixel", "onepixel", "one_pixel", "one-pixel", "tiles", "optional", "black-box",
                "differential evolution over a few pixels, from output probabilities only",
                budget=Budget("pixels", 1, (1, 3, 10), "pixels"),
-               showcase=Showcase(runs=(_p(pixels=1, population=100, generations=10),), limit=2)),
+               showcase=Showcase(runs=(_p(pixels=1, population=100, generations=10),), limit=2, recorded=True)),
     AttackSpec("fooling-images", "fooling", "fooling_images", "fooling-images", "none", "required", "black-box",
-               "CPPN images evolved from class scores alone", showcase=Showcase(runs=(_p(generations=100),))),
+               "CPPN images evolved from class scores alone", showcase=Showcase(recorded=True)),
     AttackSpec("badnets", "backdoor", "badnets", "badnets", "training", "required", "white-box",
                "a trigger planted by whoever trains the model", verb="badnets", extras=_TRAIN_EXTRAS, default_target="NORM",
-               showcase=Showcase(runs=(_p(trigger="pixel-pattern", trigger_size=8, fraction=0.1),
-                                       _p(trigger="ink-mark", trigger_size=12, fraction=0.1)), target="NORM")),
+               showcase=Showcase(runs=(_p(), _p(trigger="pixel-pattern", trigger_size=8)), target="NORM", recorded=True)),
     AttackSpec("generative-poisoning", "poisoning", "generative_poisoning", "generative-poisoning", "training", "never",
                "white-box", "poison tiles made by an autoencoder trained against the deployed model", verb="generative",
                extras=(Extra("deploy_steps", int, 300, "training steps of the deployed model", 1),
                        Extra("retrain_steps", int, 150, "steps of each retraining", 1)),
-               showcase=Showcase(runs=(_p(fractions=(0.1, 0.2, 0.3), repeats=3),))),
+               showcase=Showcase(runs=(_p(repeats=3),), recorded=True)),
     AttackSpec("direct-gradient-poisoning", "poisoning", "direct_gradient_poison", "direct-gradient-poisoning", "training",
                "never", "white-box", "the per-tile gradient baseline the generator is timed against",
-               showcase=Showcase(same_as="generative-poisoning")),
+               showcase=Showcase(same_as="generative-poisoning", recorded=True)),
 )}
 
 # name -> (module under medfool_ref.attacks, function name); what the catalog may name
@@ -192,3 +195,43 @@ def spec(name: str) -> AttackSpec:
 def resolve(name: str) -> Callable[..., Any]:
     """Return the attack function registered under ``name``."""
     return spec(name).function_object()
+
+
+PACKAGE = Path(__file__).resolve().parent
+_LOCAL_IMPORT = re.compile(r"^from (\.+)([\w.]*) import ([\w, ()]+)", re.M)
+
+
+def source_files(name: str) -> list[Path]:
+    """The files a showcase result of ``name`` depends on: its attack module and what it imports from the
+    package (transitively), the executor, and the reference model's weights."""
+    s = spec(name)
+    todo, seen = [PACKAGE / "attacks" / f"{s.module}.py", PACKAGE / "campaign" / "execute.py"], set()
+    while todo:
+        f = todo.pop()
+        if f in seen or not f.is_file():
+            continue
+        seen.add(f)
+        for dots, mod, names in _LOCAL_IMPORT.findall(f.read_text(encoding="utf-8")):
+            base = f.parent
+            for _ in range(len(dots) - 1):
+                base = base.parent
+            if not base.is_relative_to(PACKAGE):
+                continue
+            parts = [x for x in mod.split(".") if x]
+            stem = base.joinpath(*parts) if parts else base
+            if stem.with_suffix(".py").is_file():
+                todo.append(stem.with_suffix(".py"))
+            else:  # `from . import x` or a package: the named submodules
+                todo += [stem / f"{n.strip(' ()')}.py" for n in names.split(",")]
+    seen.discard(PACKAGE / "registry.py")  # the spec's own showcase parameters are hashed instead
+    return sorted(seen) + [PACKAGE / "data" / "reference-model" / "tilenet.safetensors"]
+
+
+def source_fingerprint(name: str) -> str:
+    """sha256 over the showcase's parameters and :func:`source_files`: a recorded result whose
+    fingerprint differs from the current one was made by other code (it is stale)."""
+    h = hashlib.sha256(json.dumps([dict(r) for r in spec(name).showcase.runs], sort_keys=True, default=str).encode())
+    for f in source_files(name):
+        h.update(f.relative_to(PACKAGE).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medfool_ref.site.benchmarks import benchmarks_page
+from medfool_ref.site.benchmarks import benchmarks_page, charts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,9 +27,15 @@ def test_rows_are_rendered_and_escaped(tmp_path: Path) -> None:
         {"entries_added": 100, "validate_s": 0.07, "export_s": 0.002, "export_mb": 0.2, "peak_rss_mb": 36}]}))
     page = benchmarks_page(tmp_path)
     assert page is not None and page.uri == "benchmarks.md"
-    assert "<script>" not in page.body and "<img" not in page.body
+    assert "<script>" not in page.body and "<img src=x" not in page.body and "onerror=alert(1)>" not in page.body
     assert "&lt;img src=x onerror=alert(1)&gt;" in page.body
     assert "95%" in page.body and "The catalog at scale" in page.body
+    # the charts: one per peers file and the growth curve, as SVG whose text is escaped by matplotlib
+    svgs = charts(tmp_path)
+    assert set(svgs) == {"benchmarks/peers-cpu.svg", "benchmarks/catalog-scale.svg"}
+    assert all(v.startswith(b"<?xml") for v in svgs.values())
+    assert b"<img src=x" not in svgs["benchmarks/peers-cpu.svg"] and b"&lt;img src=x" in svgs["benchmarks/peers-cpu.svg"]
+    assert 'src="benchmarks/peers-cpu.svg"' in page.body and 'src="benchmarks/catalog-scale.svg"' in page.body
 
 
 def test_committed_results_render() -> None:

@@ -233,8 +233,30 @@ def test_results_show_provenance_and_staleness(tmp_path: Path) -> None:
 
     (folder / "report.json").write_text(json.dumps({**report, "provenance": {**provenance, "stale": True}}))
     html = results_html("fgsm", tmp_path, "attacks/fgsm.md")
-    assert re.search(r'<p class="mf-stale">The code that produced this result has changed since', html)
+    assert re.search(r'<p class="mf-stale">The code or parameters that produced this result have changed since', html)
 
     (folder / "report.json").write_text(json.dumps({"summary": {"images": 3}}))  # an older report, without provenance
     html = results_html("fgsm", tmp_path, "attacks/fgsm.md")
     assert "<dd>3</dd>" in html and "Provenance" not in html
+
+
+def test_a_recorded_result_is_stale_when_its_code_changes_and_a_fresh_one_wins(tmp_path: Path) -> None:
+    from medfool_ref.registry import source_fingerprint
+    from medfool_ref.site.results import read_run, result_files
+
+    fresh, recorded = tmp_path / "fresh", tmp_path / "recorded"
+    for folder, n in ((recorded, 7), (fresh, 9)):
+        (folder / "patch").mkdir(parents=True)
+        (folder / "patch" / "comparison.png").write_bytes(b"png")
+    current = {"code_sha256": source_fingerprint("patch"), "command": "medfool results --recorded"}
+    (recorded / "patch" / "report.json").write_text(json.dumps({"summary": {"images": 7}, "provenance": current}))
+    run = read_run("patch", [fresh, recorded], "attacks/adversarial-patch.md")
+    assert run.status == "found" and ("tiles attacked (those the reference model classifies correctly)", "7") in run.facts
+    assert not run.stale
+    changed = {**current, "code_sha256": "0" * 64}  # made by other code than today's
+    (recorded / "patch" / "report.json").write_text(json.dumps({"summary": {"images": 7}, "provenance": changed}))
+    assert read_run("patch", [fresh, recorded], "attacks/adversarial-patch.md").stale
+    (fresh / "patch" / "report.json").write_text(json.dumps({"summary": {"images": 9}, "provenance": current}))
+    run = read_run("patch", [fresh, recorded], "attacks/adversarial-patch.md")
+    assert ("tiles attacked (those the reference model classifies correctly)", "9") in run.facts and not run.stale
+    assert dict(result_files([fresh, recorded]))["results/patch/comparison.png"] == fresh / "patch" / "comparison.png"

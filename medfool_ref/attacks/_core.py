@@ -8,6 +8,7 @@ Depends on torch only.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -114,6 +115,8 @@ def check_images(images: torch.Tensor) -> None:
 def check_positive(name: str, value: float, *, upper: float | None = None, allow_zero: bool = False) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value}")
     if upper is not None and value > upper:
@@ -209,3 +212,47 @@ def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(0 if seed is None else seed)
     return gen
+
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Round to the 8-bit grid a PNG holds."""
+    return (x * 255).round().clamp(0, 255) / 255
+
+
+@torch.no_grad()
+def scale_onto_grid(counted: CountingModel, x: torch.Tensor, delta: torch.Tensor, labels: torch.Tensor,
+                    target: torch.Tensor | None, *, ratio: float = 1.1, coarse: int = 16, fine: int = 8,
+                    chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The smallest scale s >= 1 (to a factor ratio^(1/fine)) at which round8(x + s * delta) still fools the model.
+
+    For minimal-perturbation attacks, whose float solution sits just past the boundary and can fall
+    back after 8-bit rounding. The candidate scales of all images are scored as batches: a coarse
+    geometric grid ratio^1 .. ratio^coarse, then ``fine`` steps inside the first bracket that fools.
+    Returns the rounded adversarials (the unscaled rounding where no scale fools), their success
+    and the scale used.
+    """
+    def fools(xs: torch.Tensor, ds: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor | None, scales: torch.Tensor) -> torch.Tensor:
+        n, k = scales.shape
+        cand = quantise((xs[:, None] + scales.view(n, k, 1, 1, 1) * ds[:, None]).clamp(0, 1)).flatten(0, 1)
+        preds = torch.cat([counted(cand[i:i + chunk]).argmax(1) for i in range(0, n * k, chunk)]).view(n, k)
+        return is_success(preds, ys[:, None], None if ts is None else ts[:, None])
+
+    scale = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
+    ok = fools(x, delta, labels, target, scale[:, None])[:, 0]
+    idx = (~ok).nonzero().squeeze(1)
+    if idx.numel():
+        xs, ds, ys = x[idx], delta[idx], labels[idx]
+        ts = None if target is None else target[idx]
+        powers = ratio ** torch.arange(1, coarse + 1, device=x.device, dtype=x.dtype)
+        hit = fools(xs, ds, ys, ts, powers.expand(idx.numel(), coarse))
+        found = hit.any(1)
+        upper = powers[hit.float().argmax(1)]  # the first coarse scale that fools
+        if bool(found.any()):
+            steps = ratio ** (torch.arange(1, fine + 1, device=x.device, dtype=x.dtype) / fine - 1)  # (1/ratio, 1]
+            f = found.nonzero().squeeze(1)
+            fine_hit = fools(xs[f], ds[f], ys[f], None if ts is None else ts[f], upper[f, None] * steps[None])
+            upper[f] = torch.where(fine_hit.any(1), upper[f] * steps[fine_hit.float().argmax(1)], upper[f])
+        scale[idx] = torch.where(found, upper, torch.ones_like(upper))
+        ok[idx] = found
+    return quantise((x + scale.view(-1, 1, 1, 1) * delta).clamp(0, 1)), ok, scale

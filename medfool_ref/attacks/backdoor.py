@@ -98,7 +98,7 @@ def _metrics(model: TileClassifier, held: CropBank, target: int, mode: str, colo
 
 def badnets(bank: CropBank, held_out: list[Tile], *, config: TrainConfig | None = None, fraction: float = 0.1,
             target: int = CLASSES.index("NORM"), mode: str = "all-to-one", trigger: str = "ink-mark",
-            trigger_size: int = 8, device: str | torch.device = "cpu",
+            trigger_size: int = 12, device: str | torch.device = "cpu",
             progress: Callable[[int, int, float], None] | None = None) -> BackdoorResult:
     """Train a clean and a backdoored model the same way (split, seed, steps) and measure CA, ASR and RA."""
     if not 0 < fraction < 1:

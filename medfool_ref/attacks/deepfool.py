@@ -8,6 +8,12 @@ overshoot scales the accumulated perturbation, x_adv = x + (1 + overshoot) * r_t
 leave the active set as soon as they are fooled, and the whole batch is checked once more at the
 end. The paper's robustness measure, the mean of ||r||_2 / ||x||_2 over fooled samples, is
 reported as ``rho``.
+
+A minimal perturbation sits on the boundary, so rounding it to 8 bits (saving it as a PNG) often
+undoes it. With ``round_to_8bit`` (the default) the result is an 8-bit image: where the rounded
+solution no longer fools, the perturbation is scaled up by the smallest factor found on a batched
+geometric search that makes its rounding fool; ``l2_unrounded`` keeps the float solution's norm
+(the extra norm is the price of a savable tile). ``round_to_8bit=False`` returns the float solution.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ import time
 import torch
 from torch import nn
 
-from ._core import AttackResult, Progress, check_int, check_positive, finish, prepare
+from ._core import AttackResult, Progress, check_int, check_positive, finish, prepare, scale_onto_grid
 
 
 def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-             overshoot: float = 0.02, max_iter: int = 50, candidates: int | None = None,
+             overshoot: float = 0.02, max_iter: int = 50, candidates: int | None = None, round_to_8bit: bool = True,
              progress: Progress | None = None) -> AttackResult:
     """Untargeted minimal-L2 DeepFool. ``candidates`` limits the classes considered to the top ones of the clean logits."""
     check_positive("overshoot", overshoot, upper=1.0, allow_zero=True)
@@ -82,9 +88,16 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
         active = idx
         if progress is not None:
             progress(i + 1, max_iter)
+    l2_float = (adv - x).flatten(1).norm(dim=1)
+    scale = None
+    if round_to_8bit:
+        adv, _, scale = scale_onto_grid(counted, x, adv - x, y, None)
     result = finish("deepfool", counted, x, adv, y, None, logits0, iterations, started,
-                    {"overshoot": overshoot, "max_iter": max_iter, "candidates": k})
+                    {"overshoot": overshoot, "max_iter": max_iter, "candidates": k, "round_to_8bit": round_to_8bit})
     ok = result.success
+    if scale is not None:
+        result.extra["l2_unrounded"] = l2_float
+        result.extra["grid_scale"] = scale
     x_norm = x.flatten(1).norm(dim=1).clamp_min(1e-12)
     rho = result.l2 / x_norm
     result.extra["rho_mean"] = float(rho[ok].mean()) if bool(ok.any()) else None

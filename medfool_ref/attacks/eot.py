@@ -46,7 +46,7 @@ def expected_success(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
 
 def eot(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-        target: int | torch.Tensor | None = None, eps: float = 8 / 255, steps: int = 20, samples: int = 8,
+        target: int | torch.Tensor | None = None, eps: float = 8 / 255, steps: int = 10, samples: int = 8,
         step_size: float | None = None, random_start: bool = True, seed: int | None = 0,
         transforms: T.TransformConfig | None = None, eval_draws: int = 32, progress: Progress | None = None) -> AttackResult:
     """L-inf PGD on the expected loss over ``samples`` transformation draws per step."""

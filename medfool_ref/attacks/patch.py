@@ -63,7 +63,8 @@ def apply_patch(images: torch.Tensor, patch: torch.Tensor, placement: Placement)
 
 
 def train_patch(model: nn.Module, images: torch.Tensor, *, target: int, area: float = 0.1, steps: int = 100,
-                lr: float = 0.05, resolution: int = 48, seed: int | None = 0, progress: Progress | None = None
+                lr: float = 0.05, resolution: int = 48, seed: int | None = 0, scale_jitter: float = 0.2,
+                max_rotation_deg: float = 180.0, init: str = "uniform", progress: Progress | None = None
                 ) -> tuple[torch.Tensor, int, int]:
     """Optimise a universal patch (Adam on the targeted loss) over random placements on ``images``.
 
@@ -71,11 +72,14 @@ def train_patch(model: nn.Module, images: torch.Tensor, *, target: int, area: fl
     """
     gen = seeded_generator(seed, images.device)
     c, h, w = images.shape[1:]
-    patch = torch.rand(c, resolution, resolution, device=images.device, generator=gen).requires_grad_(True)
+    patch = torch.rand(c, resolution, resolution, device=images.device, generator=gen)
+    if init == "grey":
+        patch = torch.full_like(patch, 0.5)
+    patch.requires_grad_(True)
     opt = torch.optim.Adam([patch], lr=lr)
     goal = torch.full((images.shape[0],), target, device=images.device, dtype=torch.long)
     for i in range(steps):
-        where = place(images.shape[0], (h, w), area, gen, images.device)
+        where = place(images.shape[0], (h, w), area, gen, images.device, scale_jitter=scale_jitter, max_rotation_deg=max_rotation_deg)
         patched, _ = apply_patch(images, patch, where)
         loss = F.cross_entropy(model(patched), goal)
         opt.zero_grad(set_to_none=True)
@@ -91,12 +95,14 @@ def train_patch(model: nn.Module, images: torch.Tensor, *, target: int, area: fl
 
 @torch.no_grad()
 def placement_success(model: nn.Module, images: torch.Tensor, patch: torch.Tensor, *, target: int, area: float,
-                      draws: int = 8, seed: int = 12345) -> dict[str, float]:
+                      draws: int = 8, seed: int = 12345, scale_jitter: float = 0.2, max_rotation_deg: float = 180.0
+                      ) -> dict[str, float]:
     """Targeted success of the patch and of grey / random-noise patches of the same size at the same fresh placements."""
     gen = seeded_generator(seed, images.device)
     n = images.shape[0]
     reps = images.repeat(draws, 1, 1, 1)
-    where = place(reps.shape[0], tuple(images.shape[-2:]), area, gen, images.device)
+    where = place(reps.shape[0], tuple(images.shape[-2:]), area, gen, images.device, scale_jitter=scale_jitter,
+                  max_rotation_deg=max_rotation_deg)
     noise = torch.rand(patch.shape, device=images.device, generator=gen)
     out: dict[str, float] = {}
     for name, p in (("adversarial", patch), ("grey", torch.full_like(patch, 0.5)), ("noise", noise)):

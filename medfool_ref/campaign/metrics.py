@@ -62,4 +62,5 @@ def tile_metrics(store: ResultsStore, keys: Sequence[str], classes: Sequence[str
         out[f"{k}_mean"] = sum(vals) / len(vals)
         succ_vals = [r["extra"][k] for r in succ if isinstance(r["extra"].get(k), (int, float))]
         out[f"{k}_mean_successful"] = sum(succ_vals) / len(succ_vals) if succ_vals else None
+        out[f"{k}_median_successful"] = _median(succ_vals)
     return out

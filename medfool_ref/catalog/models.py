@@ -114,6 +114,7 @@ class Locality(StrEnum):
     TRIGGER = "trigger"
     SYNTHETIC = "synthetic"
     TRAINING_SET = "training-set"
+    TILE_SUBSET = "tile-subset"  # a few of the tiles (instances) a slide-level model aggregates, each perturbed
 
 
 class Confidence(StrEnum):
@@ -133,6 +134,7 @@ class PaperRole(StrEnum):
     DEFENCE = "defence"
     DATASET = "dataset"
     ATTACK = "attack"
+    BENCHMARK = "benchmark"  # a robustness benchmark, stress test or evaluation protocol for models or defences
 
 
 class Column(StrEnum):

@@ -19,6 +19,11 @@ def site_path(kind: str, entry_id: str) -> str:
     return f"{SITE_SECTIONS[kind]}/{entry_id}.html"
 
 
+def site_line(path: str) -> str:
+    """Where the entry's page is: served by `make serve` or `medfool site --serve`, or in the built site/ folder."""
+    return f"site page: http://127.0.0.1:8000/{path} (make serve), or site/{path} after make build"
+
+
 def paper_links(catalog: Catalog, paper_id: str) -> list[str]:
     entry = catalog.bib.entry(catalog.papers[paper_id].bibkey)
     f = {k.lower(): v for k, v in entry.fields.items()}
@@ -40,7 +45,7 @@ def show_risk_model(catalog: Catalog) -> str:
               f"motives: {', '.join(m.id for m in rm.motives)}", "", "Scoring rule:"] + [f"  {r}" for r in RULE] + ["", "Scenarios by risk:"]
     for sc in scores(catalog):
         lines.append(f"  {sc.risk:>2} {sc.band:8} {sc.scenario:28} {sc.attack} (likelihood {sc.likelihood} x severity {sc.severity})")
-    lines += ["", "site page: risk-model.html"]
+    lines += ["", site_line("risk-model.html")]
     return "\n".join(lines)
 
 
@@ -118,5 +123,5 @@ def show(catalog: Catalog, entry_id: str) -> str:
         if kind == "dataset":
             add("files", f"{len(catalog.datasets[entry_id].files)} (sha256 checked on load)")
         lines += ["", getattr(obj, "summary", "")]
-    lines += ["", f"site page: {site_path(kind, entry_id)}"]
+    lines += ["", site_line(site_path(kind, entry_id))]
     return "\n".join(lines)

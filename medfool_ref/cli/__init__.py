@@ -7,6 +7,7 @@ bad option, missing folder, a refused tile or parameter). User mistakes never en
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Sequence
 
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = "medfool " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     try:
         return int(args.func(args))
     except (UsageError, PlanError, StoreError) as exc:

@@ -65,8 +65,9 @@ def run_attack(args: argparse.Namespace) -> int:
     try:
         target = reference_target(args.model)
         path = tile_path(args.tile) if args.tile is not None else None
+        notes: list[str] = []
         if path is not None:
-            read_tile(path)  # refused here, with the reason, before anything runs
+            read_tile(path, notes)  # refused here, with the reason, before anything runs
     except (TileError, ModelFileError) as exc:
         raise UsageError(str(exc)) from None
     classes = target.classes
@@ -90,7 +91,7 @@ def run_attack(args: argparse.Namespace) -> int:
     unit = store.units(keys=run.keys)[0]
     if s.inputs == "none":
         return _write_fooling(store, unit, out)
-    return _write_tile(store, unit, classes, out, s, args)
+    return _write_tile(store, unit, classes, out, s, args, notes)
 
 
 def _patch_training_tiles(target: Any, out: Path, goal: int, resume: bool) -> list[Any]:
@@ -104,7 +105,8 @@ def _patch_training_tiles(target: Any, out: Path, goal: int, resume: bool) -> li
     return [i for i in group if i.label != goal][:SPECS["patch"].showcase.support]
 
 
-def _write_tile(store: Any, unit: dict[str, Any], classes: tuple[str, ...], out: Path, s: AttackSpec, args: argparse.Namespace) -> int:
+def _write_tile(store: Any, unit: dict[str, Any], classes: tuple[str, ...], out: Path, s: AttackSpec, args: argparse.Namespace,
+                notes: list[str]) -> int:
     from ..inputs.tiles import from_png_bytes, read_tile, save_png
     from ..reports.figures import comparison_figure
 
@@ -128,7 +130,7 @@ def _write_tile(store: Any, unit: dict[str, Any], classes: tuple[str, ...], out:
         "iterations": unit["iterations"], "seconds": round(unit["seconds"], 4),
         "params": extra.get("attack_params", unit["params"]),
         "extra": {k: v for k, v in {**extra, **rec["extra"]}.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        "device": unit["device"], "unit": unit["key"], "store": str(store.path),
+        "device": unit["device"], "unit": unit["key"], "store": str(store.path), "input_notes": notes,
     }
     if s.inputs == "tiles+training":
         report.update({"area": extra.get("measured_area"), "patch": extra.get("patch_from") or str(out / "patch.png"),
@@ -136,6 +138,8 @@ def _write_tile(store: Any, unit: dict[str, Any], classes: tuple[str, ...], out:
         if "patch_from" not in extra:
             save_png(from_png_bytes(store.artifact(unit["key"], "patch.png")), out / "patch.png")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for note in notes:
+        print(f"note: {note}")
     verdict = "fooled" if rec["success_8bit"] else "not fooled"
     print(f"{s.name}: {before[0]} ({before[1]:.1%}) -> {after[0]} ({after[1]:.1%}): {verdict}; "
           f"L-inf {report['norms']['linf_255']}/255, L2 {report['norms']['l2']:.3f}; wrote {out}/")

@@ -18,7 +18,12 @@ def run_results(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.only or []) - set(SPECS))
     if unknown:
         raise UsageError(f"--only {', '.join(unknown)}: unknown attack; known: {', '.join(sorted(SPECS))}")
-    names = [n for n in SPECS if not args.only or n in args.only]
+    if args.only:
+        names = [n for n in SPECS if n in args.only]
+    elif args.all:
+        names = list(SPECS)
+    else:  # the fast ones by default; the long ones are recorded (make results) and committed with their provenance
+        names = [n for n in SPECS if SPECS[n].showcase.recorded == args.recorded]
     needed = sorted(set(names) | {SPECS[n].showcase.same_as for n in names if SPECS[n].showcase.same_as})
     out = Path(args.out)
     target = reference_target()
@@ -26,7 +31,7 @@ def run_results(args: argparse.Namespace) -> int:
     entries, run = run_showcase(needed, target, store, resume=args.resume)
     for f in run.failures:
         print(f"medfool: {f.attack} ({f.label}) failed: {f.error.splitlines()[0]}")
-    summary = write_reports(store, entries, sorted(names), target.classes, out, str(target.device))
+    summary = write_reports(store, entries, sorted(names), target.classes, out, str(target.device), args.command_line)
     for name, s in summary.items():
         if s.get("success_rate") is not None:
             print(f"{name}: success rate {s['success_rate']:.0%}")
@@ -40,8 +45,12 @@ def run_results(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("results", help="run every registered attack on the sample tiles and write results for the site")
+    fast = ", ".join(n for n, s in SPECS.items() if not s.showcase.recorded)
+    p = sub.add_parser("results", help="run the registered attacks on the sample tiles and write results for the site")
     p.add_argument("--out", default="build/results", help="output folder (default build/results)")
-    p.add_argument("--only", action="append", help="run only this attack (repeatable)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--only", action="append", help="run only this attack (repeatable)")
+    which.add_argument("--recorded", action="store_true", help="run the long experiments only (make results writes them to docs/results)")
+    which.add_argument("--all", action="store_true", help=f"run every attack (default: the fast ones, {fast})")
     p.add_argument("--resume", action="store_true", help="reuse finished units from the output folder's results store")
     p.set_defaults(func=run_results)

@@ -22,9 +22,19 @@ MIN_SIDE = 32
 MAX_SIDE = 4096
 
 
-def read_tile(path: str | Path) -> torch.Tensor:
-    """Read an 8-bit RGB image as a (3, H, W) float tensor in [0, 1], refusing what does not fit."""
+GREY_MODES = ("1", "L", "LA", "La", "I", "F")
+
+
+def read_tile(path: str | Path, notes: list[str] | None = None) -> torch.Tensor:
+    """Read an 8-bit RGB image as a (3, H, W) float tensor in [0, 1], refusing what does not fit.
+
+    An RGBA (or palette) image whose every pixel is opaque is read as RGB, and a note saying so is
+    appended to ``notes``; one with a transparent or translucent pixel is refused, as is greyscale
+    (H&E is colour).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise TileError(f"{path}: is a directory, not an image file")
     if not path.is_file():
         raise TileError(f"{path}: no such file")
     Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
@@ -33,6 +43,9 @@ def read_tile(path: str | Path) -> torch.Tensor:
             im.load()
             mode, size, fmt = im.mode, im.size, im.format
             bits = _bit_depth(im, path)
+            if mode == "P":  # a palette: its colours (and transparency) decide
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                mode = im.mode
             data = np.array(im)
     except Image.DecompressionBombError:
         raise TileError(f"{path}: image is too large (more than {MAX_SIDE}x{MAX_SIDE} pixels)") from None
@@ -40,6 +53,17 @@ def read_tile(path: str | Path) -> torch.Tensor:
         raise TileError(f"{path}: cannot read the image ({exc})") from None
     if bits is not None and bits > 8:
         raise TileError(f"{path}: {bits}-bit images are not supported; convert to 8-bit RGB")
+    if mode in GREY_MODES:
+        raise TileError(f"{path}: image mode is {mode} ({fmt}, greyscale); H&E tiles are colour: an 8-bit RGB tile is needed")
+    if mode == "RGBA":
+        seen = int((data[..., 3] < 255).sum())
+        if seen:
+            raise TileError(f"{path}: image mode is RGBA with {seen} transparent or translucent pixel(s); an opaque RGB tile "
+                            "is needed (flatten it onto its background first if that is what you mean)")
+        data = np.ascontiguousarray(data[..., :3])
+        if notes is not None:
+            notes.append(f"{path.name}: RGBA with a fully opaque alpha channel, read as RGB")
+        mode = "RGB"
     if mode != "RGB":
         raise TileError(f"{path}: image mode is {mode} ({fmt}); an 8-bit RGB tile is needed")
     w, h = size

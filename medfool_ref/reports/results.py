@@ -50,6 +50,8 @@ def tile_summary(store: ResultsStore, name: str, entries: list[Entry], classes: 
     out: dict[str, Any] = {"attack": name, **{k: m[k] for k in TILE_KEYS}, "params": entry.params}
     if m.get("rho_mean_successful") is not None:
         out["rho_mean"] = m["rho_mean_successful"]
+    if m.get("l2_unrounded_median_successful") is not None:
+        out["median_l2_unrounded"] = m["l2_unrounded_median_successful"]
     if "expected_success_mean" in m:
         out["expected_success_held_out_draws"] = m["expected_success_mean"]
     if entry.control:
@@ -165,9 +167,29 @@ SUMMARIES: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
+def provenance(name: str, command: str, device: str) -> dict[str, Any]:
+    """Where a result comes from: medfool's version, the hash of the code and parameters that made it, machine, date, command."""
+    import datetime as dt
+    import hashlib
+    import os
+
+    import torch
+
+    from .. import __version__
+    from ..registry import PACKAGE, source_fingerprint
+
+    machine = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name(0)}"
+    weights = PACKAGE / "data" / "reference-model" / "tilenet.safetensors"
+    return {"medfool": __version__, "code_sha256": source_fingerprint(name), "model_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "machine": machine, "device": device, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command}
+
+
 def write_reports(store: ResultsStore, entries: dict[str, list[Entry]], names: list[str], classes: Classes, out: Path,
-                  device: str) -> dict[str, dict[str, Any]]:
-    """One folder per attack in ``names``: report.json and its figures."""
+                  device: str, command: str = "medfool results") -> dict[str, dict[str, Any]]:
+    """One folder per attack in ``names``: report.json (summary and provenance) and its figures."""
     import torch
 
     summaries: dict[str, dict[str, Any]] = {}
@@ -189,6 +211,7 @@ def write_reports(store: ResultsStore, entries: dict[str, list[Entry]], names: l
             summary = SUMMARIES[spec.inputs](store, name, entries[name], classes, folder)
         summary["device"] = device
         summary["machine"] = f"{platform.machine()}, torch {torch.__version__}"
-        (folder / "report.json").write_text(json.dumps({"summary": summary}, indent=2, default=float) + "\n", encoding="utf-8")
+        doc = {"summary": summary, "provenance": provenance(name, command, device)}
+        (folder / "report.json").write_text(json.dumps(doc, indent=2, default=float) + "\n", encoding="utf-8")
         summaries[name] = summary
     return summaries

@@ -29,12 +29,29 @@ def _pct(v: Any) -> str:
     return "–" if v is None else f"{v:.0%}"
 
 
+def charts(folder: Path | None) -> dict[str, bytes]:
+    """site path -> SVG of every chart the Benchmarks page shows."""
+    from .charts import peers_chart, scale_chart
+
+    out: dict[str, bytes] = {}
+    if folder is None or not folder.is_dir():
+        return out
+    for p in sorted(folder.glob("peers-*.json")):
+        svg = peers_chart(json.loads(p.read_text(encoding="utf-8")))
+        if svg is not None:
+            out[f"benchmarks/{p.stem}.svg"] = svg
+    scale = folder / "catalog-scale.json"
+    if scale.is_file() and (svg := scale_chart(json.loads(scale.read_text(encoding="utf-8")))) is not None:
+        out["benchmarks/catalog-scale.svg"] = svg
+    return out
+
+
 def _peer_section(name: str, data: dict[str, Any]) -> dict[str, Any]:
     m, tiles = data.get("machine", {}), data.get("tiles", {})
     rows = [[str(r.get("attack", "")), str(r.get("implementation", ""))]
             + [_pct(r.get(k)) if k == "success_rate" else _num(r.get(k)) for k in PEER_COLUMNS] + [str(r.get("note", ""))]
             for r in data.get("rows", [])]
-    return {"name": name, "where": m.get("gpu") or m.get("machine", "?"), "device": m.get("device", "?"),
+    return {"name": name, "chart": f"benchmarks/{name}.svg", "where": m.get("gpu") or m.get("machine", "?"), "device": m.get("device", "?"),
             "date": data.get("date", "?"), "tiles": tiles.get("count", "?"), "size_px": tiles.get("size_px", "?"),
             "cpu_count": m.get("cpu_count", "?"), "torch_threads": m.get("torch_threads", "?"),
             "versions": ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items()), "rows": rows}
@@ -55,4 +72,4 @@ def benchmarks_page(folder: Path | None):  # -> Page | None (imported lazily to 
     scale = _scale_section(json.loads(scale_file.read_text(encoding="utf-8"))) if scale_file.is_file() else None
     if not peers and scale is None:
         return None
-    return Page(URI, "Benchmarks", block(render("benchmarks.html", peers=peers, scale=scale)))
+    return Page(URI, "Benchmarks", block(render("benchmarks.html", peers=peers, scale=scale, charts=set(charts(folder)))))

@@ -15,7 +15,7 @@ from mkdocs.structure.files import File, Files, InclusionLevel
 from ..catalog import CatalogError, Severity, load_catalog
 from ..catalog.cite import full_bibtex, full_csl
 from ..catalog.export import export_json, json_schema
-from .benchmarks import benchmarks_page
+from .benchmarks import benchmarks_page, charts
 from .html import esc
 from .pages import all_pages, nav
 from .results import result_files
@@ -25,7 +25,8 @@ ASSETS = Path(__file__).parent / "assets"
 
 class MedfoolConfig(Config):
     root = config_options.Optional(config_options.Type(str))  # folder with catalog/ and bib/; default: mkdocs.yml's folder
-    results = config_options.Optional(config_options.Type(str))  # folder of reference-run results
+    results = config_options.Optional(config_options.Type(str))  # folder of the main command's fresh reference runs
+    recorded = config_options.Optional(config_options.Type(str))  # folder of committed long runs (with provenance)
     benchmarks = config_options.Optional(config_options.Type(str))  # folder of committed benchmark results
 
 
@@ -40,9 +41,8 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
         except CatalogError as exc:
             errors = [str(p) for p in exc.problems if p.severity is Severity.ERROR]
             raise PluginError("medfool: the catalog is invalid:\n" + "\n".join(errors)) from None
-        results = self.config.results
-        self.results_dir = (base / results) if results else None
-        self.pages = all_pages(self.catalog, self.results_dir)
+        self.results_dirs = [base / d for d in (self.config.results, self.config.recorded) if d] or None
+        self.pages = all_pages(self.catalog, self.results_dirs)
         items = nav(self.catalog)
         bench = benchmarks_page(base / self.config.benchmarks) if self.config.benchmarks else None
         if bench is not None:
@@ -74,7 +74,11 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
             _add(files, File.generated(config, "reference-model.md", content=card.read_text(encoding="utf-8")))
         for uri, content in downloads.items():
             _add(files, File.generated(config, uri, content=content))
-        for uri, path in result_files(self.results_dir):
+        if self.config.benchmarks:
+            base = Path(config.config_file_path).resolve().parent
+            for uri, svg in charts(base / self.config.benchmarks).items():
+                _add(files, File.generated(config, uri, content=svg))
+        for uri, path in result_files(self.results_dirs):
             _add(files, File.generated(config, uri, abs_src_path=str(path)))
         for asset in sorted(ASSETS.iterdir()):
             _add(files, File.generated(config, f"assets/{asset.name}", abs_src_path=str(asset)))

@@ -20,6 +20,10 @@ LABELS = {
     "successes": "fooled (floating point)",
     "success_rate": "success rate",
     "success_after_8bit_quantisation": "still fooled after saving as 8-bit PNG",
+    "robust_accuracy": "robust accuracy (tiles still classified correctly, floating point)",
+    "robust_accuracy_8bit": "robust accuracy after saving as 8-bit PNG",
+    "median_l2_unrounded": "median L2 of the float solution before rounding to 8 bits (the extra norm is the price of a savable tile)",
+    "example_fooled_after_8bit": "the example tile is still fooled as a saved 8-bit PNG",
     "median_l2": "median L2 of successful perturbations",
     "median_linf_255": "median L-inf of successful perturbations (/255)",
     "rho_mean": "DeepFool robustness rho = mean ||r||2 / ||x||2",
@@ -35,6 +39,7 @@ LABELS = {
     "pgd_success_untransformed": "plain PGD's success without transformations",
     "median_l0": "median changed pixels (L0)",
     "target": "target class",
+    "before_after": "predictions before -> after (tiles)",
     "train_tiles": "tiles the patch was trained on",
     "grey_control": "grey patch of the same size (control)",
     "noise_control": "random-noise patch of the same size (control)",
@@ -62,11 +67,39 @@ FIGURES = {
 }
 
 
-def result_files(results_dir: Path | None) -> list[tuple[str, Path]]:
-    """(site path, file) of every figure the site should copy."""
-    if results_dir is None or not results_dir.is_dir():
+def _folders(results_dirs: object) -> list[Path]:
+    """The configured result folders, first one first (fresh runs before recorded ones)."""
+    if results_dirs is None:
         return []
-    return [(f"results/{p.parent.name}/{p.name}", p) for p in sorted(results_dir.glob("*/*.png")) if p.name in FIGURES]
+    items = results_dirs if isinstance(results_dirs, (list, tuple)) else [results_dirs]
+    return [Path(str(d)) for d in items]
+
+
+def chosen_folder(implementation: str, results_dirs: object) -> Path | None:
+    """The folder whose run of ``implementation`` the site shows: the first that has one."""
+    return next((d / implementation for d in _folders(results_dirs) if (d / implementation / "report.json").is_file()), None)
+
+
+def result_files(results_dirs: object) -> list[tuple[str, Path]]:
+    """(site path, file) of every figure the site should copy, from the folder each implementation's run is shown from."""
+    names = sorted({p.parent.name for d in _folders(results_dirs) if d.is_dir() for p in d.glob("*/report.json")})
+    out = []
+    for name in names:
+        folder = chosen_folder(name, results_dirs)
+        out += [(f"results/{name}/{p.name}", p) for p in sorted(folder.glob("*.png")) if p.name in FIGURES]
+    return out
+
+
+def is_stale(implementation: str, provenance: dict[str, object]) -> bool:
+    """A run is stale when it says so, or when the code and parameters that made it hash differently today."""
+    if provenance.get("stale") is True:
+        return True
+    recorded = provenance.get("code_sha256")
+    if not isinstance(recorded, str):
+        return False
+    from ..registry import SPECS, source_fingerprint
+
+    return implementation in SPECS and source_fingerprint(implementation) != recorded
 
 
 def _number(v: object, spec: str) -> str:
@@ -122,14 +155,15 @@ class Run:
     stale: bool = False
 
 
-def read_run(implementation: str, results_dir: object, here: str) -> Run:
-    """Read ``<results>/<implementation>/report.json``; unknown keys are skipped, missing ones left out."""
-    if results_dir is None:
+def read_run(implementation: str, results_dirs: object, here: str) -> Run:
+    """Read ``<results>/<implementation>/report.json`` from the first folder that has one; unknown keys are
+    skipped, missing ones left out."""
+    if not _folders(results_dirs):
         return Run(implementation, "unconfigured")
-    folder = Path(str(results_dir)) / implementation
-    report = folder / "report.json"
-    if not report.is_file():
+    folder = chosen_folder(implementation, results_dirs)
+    if folder is None:
         return Run(implementation, "missing")
+    report = folder / "report.json"
     data = json.loads(report.read_text(encoding="utf-8"))
     summary = data.get("summary") or {}
     provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
@@ -139,10 +173,10 @@ def read_run(implementation: str, results_dir: object, here: str) -> Run:
         figures=[(href(here, f"results/{implementation}/{name}"), caption)
                  for name, caption in FIGURES.items() if (folder / name).is_file()],
         provenance=[(str(k), _fmt(str(k), v)) for k, v in provenance.items() if k != "stale"],
-        stale=provenance.get("stale") is True,
+        stale=is_stale(implementation, provenance),
     )
 
 
-def results_html(implementation: str, results_dir: object, here: str) -> str:
+def results_html(implementation: str, results_dirs: object, here: str) -> str:
     """The results section of an attack page."""
-    return render("results.html", run=read_run(implementation, results_dir, here))
+    return render("results.html", run=read_run(implementation, results_dirs, here))
