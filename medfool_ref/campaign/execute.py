@@ -97,17 +97,31 @@ def _norms(x: torch.Tensor, adv: torch.Tensor) -> tuple[list[int], list[float], 
     return l0.tolist(), d.norm(dim=1).tolist(), d.abs().amax(dim=1).tolist()
 
 
-def _scored(unit: Unit, target: Target, x: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor, goal: torch.Tensor | None,
-            p0: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> list[ItemRecord]:
-    """Per-item records for a batch of adversarials: float and 8-bit predictions, success and norms."""
+def view(unit: Unit, target: Target, y: torch.Tensor | None) -> tuple[nn.Module, torch.Tensor | None]:
+    """The model a unit attacks and its labels: the classifier, or (option view="decision") the tumour decision
+    as a two-class model whose labels are the tiles' true decisions."""
+    if unit.opts.get("view") != "decision":
+        return target.model, y
+    pos = torch.tensor(target.positive_indices, device=target.device)
+    return target.decision_model(), None if y is None else torch.isin(y, pos).long()
+
+
+def _scored(unit: Unit, model: nn.Module, x: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor, goal: torch.Tensor | None,
+            p0: torch.Tensor, extra: dict[str, torch.Tensor] | None = None, positive: list[int] | None = None) -> list[ItemRecord]:
+    """Per-item records for a batch of adversarials: float and 8-bit predictions, success and norms (and, given
+    the positive classes, P(positive) before and after)."""
     q = quantise(adv)
-    p1, pq = _probs(target.model, adv), _probs(target.model, q)
+    p1, pq = _probs(model, adv), _probs(model, q)
+    extra = dict(extra or {})
+    if positive:
+        for key, p in (("p_positive_before", p0), ("p_positive_after", p1), ("p_positive_8bit", pq)):
+            extra[key] = p[:, positive].sum(1).cpu()
     c0, y0 = p0.max(1)
     c1, y1 = p1.max(1)
     cq, yq = pq.max(1)
     ok, okq = is_success(y1, labels, goal), is_success(yq, labels, goal)
     n_f, n_q = _norms(x, adv), _norms(x, q)
-    per_item = {k: v.tolist() for k, v in (extra or {}).items()}
+    per_item = {k: v.tolist() for k, v in extra.items()}
     records = []
     for i, item in enumerate(unit.items):
         records.append(ItemRecord(
@@ -132,18 +146,23 @@ def _split_extra(extra: dict[str, Any], n: int) -> tuple[dict[str, torch.Tensor]
     return per, unit
 
 
+def _positive(unit: Unit, target: Target) -> list[int] | None:
+    return target.positive_indices if unit.opts.get("view") != "decision" else None
+
+
 def _tiles(unit: Unit, target: Target, progress: Progress | None) -> UnitOutcome:
     x, y = load_items(unit.items, target.device)
-    r = run_attack(unit.attack, target.model, x, y, target=unit.target, params=unit.kwargs, progress=progress)
+    model, y = view(unit, target, y)
+    r = run_attack(unit.attack, model, x, y, target=unit.target, params=unit.kwargs, progress=progress)
     per, unit_extra = _split_extra(r.extra, x.shape[0])
     draws = int(unit.opts.get("transform_draws", 0))
     if draws:
         from ..attacks.eot import HELD_OUT_SEED_OFFSET, expected_success
 
-        per["expected_success"] = expected_success(target.model, r.adversarial, r.labels, target=r.target, draws=draws,
+        per["expected_success"] = expected_success(model, r.adversarial, r.labels, target=r.target, draws=draws,
                                                    seed=int(unit.kwargs.get("seed") or 0) + HELD_OUT_SEED_OFFSET).cpu()
-    p0 = _probs(target.model, x)
-    records = _scored(unit, target, x, r.adversarial, r.labels, r.target, p0, per)
+    p0 = _probs(model, x)
+    records = _scored(unit, model, x, r.adversarial, r.labels, r.target, p0, per, _positive(unit, target))
     artifacts = [Artifact(f"adversarial/{i}.png", "image/png", png_bytes(quantise(r.adversarial[i])))
                  for i in range(x.shape[0])] if unit.keep_images else []
     return _outcome(unit, records, seconds=r.seconds, forward_calls=r.forward_calls, forward_images=r.forward_images,
@@ -168,8 +187,9 @@ def _patch(unit: Unit, target: Target, progress: Progress | None) -> UnitOutcome
         extra["patch_from"] = unit.support[0].name
     else:
         xs, ys = load_items(unit.support, target.device)
+        model, ys = view(unit, target, ys)
         params = {k: v for k, v in kw.items() if k != "patch_file"}
-        r = adversarial_patch(target.model, xs, ys, target=unit.target, progress=progress, **params)
+        r = adversarial_patch(model, xs, ys, target=unit.target, progress=progress, **params)
         patch = r.extra["patch"]
         extra["on_training_tiles"] = r.extra["placements"]
         extra["train_tiles"] = xs.shape[0]
@@ -179,12 +199,13 @@ def _patch(unit: Unit, target: Target, progress: Progress | None) -> UnitOutcome
     artifacts = [Artifact("patch.png", "image/png", png_bytes(patch))]
     if unit.items:
         x, y = load_items(unit.items, target.device)
-        p0 = _probs(target.model, x)
+        model, y = view(unit, target, y)
+        p0 = _probs(model, x)
         labels = y if y is not None else p0.argmax(1)
         goal = torch.full_like(labels, unit.target)
         eligible = labels != unit.target
         if bool(eligible.any()):
-            extra["on_other_tiles"] = placement_success(target.model, x[eligible], patch, target=unit.target, area=area,
+            extra["on_other_tiles"] = placement_success(model, x[eligible], patch, target=unit.target, area=area,
                                                         draws=draws, seed=seed + 12_345)
         gen = seeded_generator(seed, target.device)
         where = place(x.shape[0], tuple(x.shape[-2:]), area, gen, target.device, scale_jitter=0.0, max_rotation_deg=0.0,
@@ -192,7 +213,7 @@ def _patch(unit: Unit, target: Target, progress: Progress | None) -> UnitOutcome
         with torch.no_grad():
             patched, mask = apply_patch(x, patch, where)
         extra["measured_area"] = float(mask.mean())
-        records = _scored(unit, target, x, patched, labels, goal, p0)
+        records = _scored(unit, model, x, patched, labels, goal, p0, positive=_positive(unit, target))
         if unit.keep_images:
             artifacts += [Artifact(f"adversarial/{i}.png", "image/png", png_bytes(quantise(patched[i]))) for i in range(x.shape[0])]
     return _outcome(unit, records, seconds=time.perf_counter() - started, extra=extra, artifacts=artifacts, **counts)

@@ -19,28 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..inputs.items import Item, file_item
 
-
-@dataclass(frozen=True)
-class Item:
-    """One tile: ``id`` is the sha256 of the file's bytes; ``label`` a class index (None: unknown)."""
-
-    id: str
-    path: str
-    name: str
-    label: int | None = None
-
-    @property
-    def index(self) -> int:  # what the training code reads as a tile's class
-        if self.label is None:
-            raise ValueError(f"{self.name}: no label")
-        return self.label
-
-
-def file_item(path: str | Path, *, label: int | None = None, name: str | None = None) -> Item:
-    p = Path(path)
-    digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    return Item(digest, str(p), name or p.name, label)
+__all__ = ["Item", "Unit", "file_item", "keyed", "unit_key"]
 
 
 @dataclass(frozen=True)

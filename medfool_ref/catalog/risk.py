@@ -75,3 +75,23 @@ def scores(catalog: Catalog) -> list[Score]:
         return []
     out = [score(catalog, s) for s in catalog.risk_model.scenarios]
     return sorted(out, key=lambda s: (-s.risk, s.scenario))
+
+
+EVIDENCE_RULE = [
+    "Measured likelihood: the catalog's likelihood moved by what the attack did to the audited model at its "
+    "default budget (the highest success rate among its runs on initially correct tiles).",
+    "Under 5% of the tiles fooled: one lower (at least 1): the attack was tried and mostly failed on this model.",
+    "50% or more fooled: one higher (at most 5): the attack is shown to work on this model.",
+    "Otherwise, or when the attack was not run: unchanged.",
+]
+
+
+def measured_likelihood(prior: int, success_rate: float | None) -> int:
+    """The likelihood of :data:`EVIDENCE_RULE` given the measured success rate (None: not measured)."""
+    if success_rate is None:
+        return prior
+    if success_rate < 0.05:
+        return max(1, prior - 1)
+    if success_rate >= 0.5:
+        return min(5, prior + 1)
+    return prior

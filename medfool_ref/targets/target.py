@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ class Target:
     fingerprint: str
     name: str = "model"
     positive: tuple[str, ...] = ("TUM",)  # the classes that make the tumour decision
+    threshold: float | None = None  # positive when P(positive) >= threshold; None: when a positive class has the top score
+    config: Any = None  # the validated model config, when one was given
 
     @property
     def device(self) -> torch.device:
@@ -30,6 +33,38 @@ class Target:
 
     def class_index(self, name: str) -> int:
         return self.classes.index(name)
+
+    @property
+    def positive_indices(self) -> list[int]:
+        return [self.classes.index(c) for c in self.positive if c in self.classes]
+
+    def decision_model(self) -> DecisionModel:
+        return DecisionModel(self.model, self.positive_indices, self.threshold)
+
+
+class DecisionModel(nn.Module):
+    """The tumour decision as a two-class model: logits (negative, positive) whose argmax is the decision.
+
+    Argmax rule: (best negative logit, best positive logit). Threshold rule: (0, logit P(positive) -
+    logit threshold). Attacking it untargeted flips the decision: a missed tumour on positive tiles,
+    an over-call on the others.
+    """
+
+    def __init__(self, model: nn.Module, positive: list[int], threshold: float | None) -> None:
+        super().__init__()
+        self.model = model
+        self.positive = positive
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        mask = torch.zeros(z.shape[1], dtype=torch.bool, device=z.device)
+        mask[self.positive] = True
+        if self.threshold is None:
+            return torch.stack([z[:, ~mask].amax(1), z[:, mask].amax(1)], dim=1)
+        log_odds = torch.logsumexp(z[:, mask], 1) - torch.logsumexp(z[:, ~mask], 1)
+        shift = float(torch.logit(torch.tensor(self.threshold)))
+        return torch.stack([torch.zeros_like(log_odds), log_odds - shift], dim=1)
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -28,8 +28,8 @@ from .loop import TrainConfig, crop_bank, evaluate, train
 CARD_JSON = "tilenet.json"
 FOLDS = 5
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
-FOLD_RULE = ("tiles sorted by class (in class order), then set/file order within a class, are dealt to the "
-             "folds in turn: the j-th tile of that list is in test fold j mod 5")
+FOLD_RULE = ("the tiles, sorted by class and then in set/file order, are dealt to the folds in turn "
+             "(the j-th tile goes to test fold j mod 5)")
 
 # The augmentation study: each entry changes the recipe the study started from (TrainConfig(): flips,
 # 90-degree rotations and brightness/contrast/saturation jitter) by the settings given.
@@ -305,16 +305,17 @@ def _cv_section(card: dict) -> str:
                      f"{f['tumour_detected']}/{f['tumour_tiles']} | {f['tumour_false_positives']} |" for f in r["per_fold"])
     text = f"""**Cross-validated accuracy (5 folds by tile): {r['correct']}/{r['tiles']} = {_pct(r['accuracy'])},
 95% interval {_interval(r['interval_95'])}.** This estimates how the recipe does on tiles it has not
-seen, using all 65 tiles: for each of {cv['folds']} folds a model is trained from scratch with the same
-recipe on the other four folds' tiles and tested on that fold's whole tiles, and the test predictions are
-pooled (each tile is tested exactly once). The interval is the Wilson score interval for the pooled
-proportion; it treats the 65 tiles as independent, which tiles cut from the same slide are not quite, so
-read it as a floor on the uncertainty. Pooled tumour sensitivity {tum['detected']}/{tum['tiles']}
-({_interval(tum['sensitivity_interval_95'])}); {tum['false_positives']} of {tum['non_tumour_tiles']} non-tumour
-tiles called tumour. Folds (a fixed rule, no randomness): {cv['rule']}. Each class's tiles are thus spread
-over the folds as evenly as possible; the {len(cv['fold_tiles'])} test folds hold
-{', '.join(str(len(f)) for f in cv['fold_tiles'])} tiles. The five fold models are for the estimate only
-and are not shipped.
+seen, from all 65 tiles: for each of {cv['folds']} folds a model is trained from scratch with the same recipe
+on the other folds' tiles and tested on that fold's whole tiles; the test predictions are pooled, so
+each tile is tested exactly once, by a model that never saw it. The interval is the Wilson score
+interval for the pooled proportion. It treats the 65 tiles as independent (tiles from one slide are
+not quite) and leaves out the variation from the training seed, so the real uncertainty is, if
+anything, larger. Pooled tumour sensitivity {tum['detected']}/{tum['tiles']} (95% interval
+{_interval(tum['sensitivity_interval_95'])}); {tum['false_positives']} of {tum['non_tumour_tiles']} non-tumour tiles called tumour.
+
+Folds, a fixed rule with no randomness: {cv['rule']}. Each class's tiles are thus spread over the folds
+as evenly as possible, and the test folds hold {', '.join(str(len(f)) for f in cv['fold_tiles'])} tiles.
+The fold models serve the estimate only and are not shipped.
 
 | fold | correct | accuracy | tumour detected | non-tumour called tumour |
 |---|---|---|---|---|

@@ -1,0 +1,195 @@
+"""``medfool audit``: threat-model a user's own tile classifier on their own labelled tiles.
+
+Exit codes: 0 done (every gate passed), 2 usage error (model, config, data, option), 3 a
+``--fail-under`` gate failed, 1 a unit failed for another reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import re
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from .params import RunFailed, UsageError, coerce
+
+GATE = re.compile(r"^(?P<name>[\w-]+)@(?P<eps>[^=]+)=(?P<value>.+)$")
+
+
+def _budget(text: str, what: str) -> float:
+    try:
+        v = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"{what} {text!r}: expected a number such as 4/255 or 0.0157") from None
+    if not math.isfinite(v) or v <= 0:
+        raise UsageError(f"{what} {text!r}: must be a finite number > 0")
+    return v
+
+
+def parse_budgets(text: str | None, default: tuple[float, ...], scale: float) -> tuple[float, ...]:
+    if text is None:
+        return default
+    return tuple(sorted(_budget(t, "--budgets") / scale for t in text.split(",") if t.strip()))
+
+
+def parse_gates(specs: list[str] | None, probes: list[str], linf: tuple[float, ...]) -> list[dict[str, Any]]:
+    """``NAME@EPS=VALUE`` (NAME: worst_case or an attack id; EPS in /255 like 4/255, or 4): checked before anything runs."""
+    gates = []
+    for spec in specs or []:
+        m = GATE.match(spec.strip())
+        if m is None:
+            raise UsageError(f"--fail-under {spec!r}: expected NAME@EPS=VALUE, e.g. worst_case@4/255=0.60")
+        name, eps_text, value_text = m["name"], m["eps"], m["value"]
+        eps = _budget(eps_text, f"--fail-under {spec}:")
+        eps = eps if "/" in eps_text else eps / 255  # a bare number is in /255
+        if not any(abs(eps - b) < 1e-9 for b in linf):
+            raise UsageError(f"--fail-under {spec}: {eps * 255:g}/255 is not an audited budget ({', '.join(f'{b * 255:g}/255' for b in linf)})")
+        if name != "worst_case" and name not in probes:
+            raise UsageError(f"--fail-under {spec}: {name!r} is not worst_case or an audited attack ({', '.join(probes)})")
+        try:
+            value = float(value_text)
+        except ValueError:
+            raise UsageError(f"--fail-under {spec}: {value_text!r} is not a number") from None
+        if not 0 <= value <= 1 or not math.isfinite(value):
+            raise UsageError(f"--fail-under {spec}: the required accuracy must be in [0, 1]")
+        gates.append({"gate": spec.strip(), "name": name, "eps": eps, "required": value})
+    return gates
+
+
+def check_gates(doc: dict[str, Any], gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for g in gates:
+        if g["name"] == "worst_case":
+            rows = [w for w in doc["worst_case"] if abs(w["eps"] - g["eps"]) < 1e-9]
+        else:
+            attack = next(a for a in doc["attacks"] if a["id"] == g["name"])
+            rows = [b for b in attack["budgets"] if b["eps"] is not None and abs(b["eps"] - g["eps"]) < 1e-9]
+        measured = rows[0]["robust_accuracy"] if rows else None
+        out.append({**g, "measured": measured, "passed": measured is not None and measured >= g["required"]})
+    return out
+
+
+def _overrides(pairs: list[str] | None, probes: list[str]) -> dict[str, dict[str, Any]]:
+    from ..campaign.audit import PROBES
+    from ..registry import SPECS
+
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        probe, dot, param = key.strip().partition(".")
+        if not sep or not dot:
+            raise UsageError(f"--set {pair!r}: expected ATTACK.PARAM=VALUE, e.g. apgd-ce.steps=20")
+        if probe not in probes:
+            raise UsageError(f"--set {pair}: {probe!r} is not an audited attack ({', '.join(probes)})")
+        params = SPECS[PROBES[probe].attack].parameters()
+        if param not in params:
+            raise UsageError(f"--set {pair}: {probe} takes {', '.join(sorted(params))}")
+        out.setdefault(probe, {})[param] = coerce(params[param], raw.strip())
+    return out
+
+
+def _target(args: argparse.Namespace) -> Any:
+    from ..targets.config import REFERENCE_CONFIG, ConfigError, load_config
+    from ..targets.reference import ModelFileError, default_device
+    from ..targets.target import reference_target
+    from ..targets.user import ModelError, configured, user_target
+
+    device = args.device or str(default_device())
+    try:
+        config = load_config(args.config or REFERENCE_CONFIG) if (args.config or args.model == "reference") else None
+        if args.model == "reference":
+            target = reference_target(args.weights, device=device)
+            if list(config.classes) != list(target.classes):
+                raise UsageError(f"--config {args.config}: classes {config.classes} do not match the reference model's {list(target.classes)}")
+            return configured(target, config)
+        if config is None:
+            raise UsageError(f"--model {args.model}: a user's model needs --config model.yaml (class names, tumour classes, input)")
+        return user_target(args.model, config, weights=args.weights, device=device)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except (ModelError, ModelFileError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run_audit_command(args: argparse.Namespace) -> int:
+    from ..campaign.audit import BATTERY, L2_BUDGETS, LINF_BUDGETS, PROBES, run_audit
+    from ..campaign.store import ResultsStore
+    from ..inputs.datasets import DataError, load_dataset
+    from ..reports.audit import build_report, schema
+    from ..reports.audit_output import write_audit
+
+    if args.schema:
+        print(json.dumps(schema(), indent=2))
+        return 0
+    if args.data is None or args.out is None:
+        raise UsageError("--data and --out are required (or --schema)")
+    probes = [p.strip() for p in args.attacks.split(",") if p.strip()] if args.attacks else [p.id for p in BATTERY]
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown:
+        raise UsageError(f"--attacks {', '.join(unknown)}: unknown; the battery is {', '.join(PROBES)}")
+    linf = parse_budgets(args.budgets, LINF_BUDGETS, 255)
+    l2 = parse_budgets(args.l2_budgets, L2_BUDGETS, 1)
+    gates = parse_gates(args.fail_under, probes, linf)
+    overrides = _overrides(args.set, probes)
+    if args.max_tiles is not None and args.max_tiles < 1:
+        raise UsageError("--max-tiles must be >= 1")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    target = _target(args)
+    try:
+        data = load_dataset(args.data, target.classes, max_tiles=args.max_tiles)
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    out = Path(args.out)
+    store = ResultsStore(out)
+    print(f"auditing {target.name} on {len(data.items)} tiles ({len(data.skipped)} skipped) with {', '.join(probes)}", file=sys.stderr)
+    plan = run_audit(data.items, target, store, probes=probes, linf=linf, l2=l2, overrides=overrides, batch_size=args.batch_size,
+                     resume=args.resume)
+    failures = [f for run in plan.runs for f in run.failures]
+    for f in failures:
+        if f.kind == "invalid":
+            raise UsageError(f"{f.attack} ({f.label}): {f.error}")
+    if failures:
+        raise RunFailed(f"{len(failures)} unit(s) failed; first: {failures[0].attack} ({failures[0].label}): {failures[0].error.splitlines()[0]}")
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    report = build_report(store, plan, target, data, device=str(target.device), date=date)
+    checked = check_gates(report.model_dump(mode="json"), gates)
+    doc = write_audit(report, store, plan, target, out, checked)
+    clean = doc["data"]["clean_accuracy"]
+    worst = ", ".join(f"{w['eps_255']:g}/255: {w['robust_accuracy']:.1%}" for w in doc["worst_case"])
+    missed = ", ".join(f"{w['eps_255']:g}/255: {w['missed_tumour_rate']:.0%}" for w in doc["worst_case"] if w["missed_tumour_rate"] is not None)
+    print(f"clean accuracy {clean:.1%}; worst case {worst}")
+    if missed:
+        print(f"missed tumour under attack: {missed}")
+    print(f"wrote {out}/report.json, {out}/report.html")
+    failed = [g for g in checked if not g["passed"]]
+    for g in failed:
+        measured = "not measured" if g["measured"] is None else f"{g['measured']:.1%}"
+        print(f"gate failed: {g['gate']} (measured {measured})", file=sys.stderr)
+    return 3 if failed else 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("audit", help="audit a tile classifier on labelled tiles: attack battery, worst case, tumour-decision flips, report")
+    p.add_argument("--data", help="a folder with one folder of tiles per class, or a labels.csv (path,label)")
+    p.add_argument("--out", help="output folder: report.json, report.html, figures/, results.sqlite")
+    p.add_argument("--model", default="reference", help="'reference' (default) or path/to/file.py:factory (your code, imported)")
+    p.add_argument("--weights", help=".safetensors, or a state dict torch reads with weights_only=True")
+    p.add_argument("--config", help="model.yaml: classes in logit order, tumour classes, input size/policy, mean/std, mpp, output")
+    p.add_argument("--attacks", help="comma-separated battery ids (default: all of them)")
+    p.add_argument("--budgets", help="L-inf budgets in /255, comma-separated (default 1,2,4,8)")
+    p.add_argument("--l2-budgets", help="L2 budgets, comma-separated (default 0.5,1,2)")
+    p.add_argument("--max-tiles", type=int, help="audit at most N tiles, taken class by class in turn (a quick look)")
+    p.add_argument("--batch-size", type=int, default=32, help="tiles per unit (default 32)")
+    p.add_argument("--set", action="append", metavar="ATTACK.PARAM=VALUE", help="override a parameter, e.g. apgd-ce.steps=20")
+    p.add_argument("--fail-under", action="append", metavar="NAME@EPS=VALUE",
+                   help="exit 3 when robust accuracy is below VALUE, e.g. worst_case@4/255=0.60 or pgd@8/255=0.5 (repeatable)")
+    p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue from the output folder's results store")
+    p.add_argument("--schema", action="store_true", help="print the report's JSON Schema and exit")
+    p.set_defaults(func=run_audit_command)
