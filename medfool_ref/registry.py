@@ -238,3 +238,13 @@ def source_fingerprint(name: str) -> str:
         h.update(f.relative_to(PACKAGE).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def audit_fingerprint(names: list[str]) -> str:
+    """sha256 over the audit's own code and the source files of the attacks it ran (a recorded audit's staleness)."""
+    h = hashlib.sha256()
+    files = {PACKAGE / "campaign" / "audit.py", PACKAGE / "reports" / "audit.py"} | {f for n in names for f in source_files(n)}
+    for f in sorted(files):
+        h.update(f.relative_to(PACKAGE).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()

@@ -104,27 +104,26 @@ def test_one_pixel_is_at_least_as_strong_as_torchattacks(setup, thumbnails) -> N
 
 def test_the_audits_worst_case_is_no_weaker_than_autoattack(tmp_path) -> None:
     """At each audited budget, our worst-case robust accuracy is at most AutoAttack's (standard) + 2 points, on the
-    same model and the same tiles (48 sample tiles as 32 px 8-bit thumbnails, where AutoAttack runs in seconds)."""
-    from PIL import Image
-
+    same model and the same tiles: 32 sample tiles as 32 px 8-bit thumbnails (AutoAttack's Square and FAB-T take
+    minutes on full tiles on two cores), at the budgets where the model is not already at 0."""
     from medfool_ref.campaign.audit import run_audit
     from medfool_ref.campaign.store import ResultsStore
+    from medfool_ref.inputs.datasets import Dataset
     from medfool_ref.inputs.items import file_item
     from medfool_ref.inputs.tiles import save_png
     from medfool_ref.reports.audit import build_report
-    from medfool_ref.inputs.datasets import Dataset
     from medfool_ref.targets.target import reference_target
 
     target = reference_target(device="cpu")
     items = []
-    for i, t in enumerate(sample_tiles()[::65 // 48 or 1][:48]):
+    for i, t in enumerate(sample_tiles()[::2][:32]):
         x = F.interpolate(read_tile(t.path)[None], size=(32, 32), mode="bilinear", antialias=True, align_corners=False)[0]
         path = tmp_path / f"{i:02d}.png"
         save_png(x, path)
         items.append(file_item(path, label=t.index))
     x = torch.stack([read_tile(i.path) for i in items])
     y = torch.tensor([i.label for i in items])
-    budgets = (1 / 255, 2 / 255, 4 / 255)
+    budgets = (1 / 255, 2 / 255)
     store = ResultsStore(tmp_path / "store")
     plan = run_audit(items, target, store, probes=["fgsm", "pgd", "apgd-ce", "apgd-t", "deepfool"], linf=budgets, progress=False)
     report = build_report(store, plan, target, Dataset(items, source=str(tmp_path)), device="cpu")
@@ -134,4 +133,3 @@ def test_the_audits_worst_case_is_no_weaker_than_autoattack(tmp_path) -> None:
         with torch.no_grad():
             theirs = float((target.model(aa(x, y)).argmax(1) == y).float().mean())
         assert ours[round(eps * 255)] <= theirs + 0.02, (eps * 255, ours, theirs)
-    Image.open(items[0].path).verify()

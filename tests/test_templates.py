@@ -22,6 +22,7 @@ from pydantic import BaseModel, StringConstraints
 
 from medfool_ref.catalog import load_catalog
 from medfool_ref.site import pages, render
+from medfool_ref.site.audit import audit_page
 from medfool_ref.site.benchmarks import benchmarks_page
 from medfool_ref.site.html import Link
 from medfool_ref.site.results import results_html
@@ -106,6 +107,26 @@ MACRO_CALLS: dict[str, list[tuple[Any, ...]]] = {
 }
 
 
+def _audit_dir(tmp: Path) -> Path:
+    """A recorded audit whose every string is hostile."""
+    folder = tmp / "audit"
+    (folder / "figures").mkdir(parents=True)
+    (folder / "figures" / "robustness.png").write_bytes(b"png")
+    flip = {"count": 1, "of": 2, "rate": 0.5}
+    budget = {"eps": 0.03, "eps_255": 8.0, "tiles_attacked": 2, "clean_accuracy": 1.0, "robust_accuracy": 0.5, "success_rate": 0.5,
+              "success_rate_8bit": 0.5, "flips": {"missed_tumour": flip, "overcall": flip}, "median_l2": 1.0, "seconds": 1.0}
+    report = {"data": {"clean_accuracy": 0.9, "decision_accuracy": 0.9, "tiles": 2},
+              "worst_case": [{"eps_255": 8.0, "robust_accuracy": 0.1, "missed_tumour_rate": 0.5, "overcall_rate": 0.5}],
+              "attacks": [{"id": HOSTILE, "summary": HOSTILE, "catalog_id": HOSTILE, "stable_id": HOSTILE, "view": "decision",
+                           "cascade": True, "budgets": [budget]}],
+              "rule": [HOSTILE], "provenance": {HOSTILE: HOSTILE},
+              "threat_model": [{"scenario": HOSTILE, "attack": HOSTILE, "severity": 1, "likelihood_catalog": 1,
+                                "likelihood_measured": 1, "risk_catalog": 1, "risk_measured": 1, "band_catalog": HOSTILE,
+                                "band_measured": HOSTILE, "evidence": HOSTILE}]}
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder
+
+
 def _macros() -> dict[str, jinja2.runtime.Macro]:
     module = render.env.get_template("macros.html").module
     return {n: getattr(module, n) for n in dir(module) if isinstance(getattr(module, n), jinja2.runtime.Macro)}
@@ -135,6 +156,7 @@ CASES: dict[str, Callable[[Any, Path], str]] = {
     "dataset.html": lambda c, tmp: "".join(pages.dataset_page(c, d).body for d in c.datasets),
     "results.html": lambda c, tmp: results_html("fgsm", _results_dir(tmp), "attacks/fgsm.md"),
     "benchmarks.html": lambda c, tmp: benchmarks_page(_benchmarks_dir(tmp)).body,
+    "audit.html": lambda c, tmp: audit_page(_audit_dir(tmp), stale=True).body,
 }
 
 

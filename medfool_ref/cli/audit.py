@@ -116,6 +116,23 @@ def _target(args: argparse.Namespace) -> Any:
         raise UsageError(str(exc)) from None
 
 
+def _provenance(args: argparse.Namespace, probes: list[str], device: str, date: str) -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    from .. import __version__
+    from ..campaign.audit import PROBES
+    from ..registry import audit_fingerprint
+
+    machine = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name(0)}"
+    return {"medfool": __version__, "code_sha256": audit_fingerprint(sorted({PROBES[p].attack for p in probes})),
+            "machine": machine, "device": device, "date": date, "command": getattr(args, "command_line", "medfool audit")}
+
+
 def run_audit_command(args: argparse.Namespace) -> int:
     from ..campaign.audit import BATTERY, L2_BUDGETS, LINF_BUDGETS, PROBES, run_audit
     from ..campaign.store import ResultsStore
@@ -158,6 +175,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
         raise RunFailed(f"{len(failures)} unit(s) failed; first: {failures[0].attack} ({failures[0].label}): {failures[0].error.splitlines()[0]}")
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     report = build_report(store, plan, target, data, device=str(target.device), date=date)
+    report.provenance = _provenance(args, probes, str(target.device), date)
     checked = check_gates(report.model_dump(mode="json"), gates)
     doc = write_audit(report, store, plan, target, out, checked)
     clean = doc["data"]["clean_accuracy"]
@@ -176,7 +194,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("audit", help="audit a tile classifier on labelled tiles: attack battery, worst case, tumour-decision flips, report")
-    p.add_argument("--data", help="a folder with one folder of tiles per class, or a labels.csv (path,label)")
+    p.add_argument("--data", help="a folder with one folder of tiles per class, a labels.csv (path,label), or 'sample' (the shipped tiles)")
     p.add_argument("--out", help="output folder: report.json, report.html, figures/, results.sqlite")
     p.add_argument("--model", default="reference", help="'reference' (default) or path/to/file.py:factory (your code, imported)")
     p.add_argument("--weights", help=".safetensors, or a state dict torch reads with weights_only=True")

@@ -71,6 +71,8 @@ def _candidates_from_csv(path: Path, classes: tuple[str, ...]) -> list[tuple[Pat
 
 def load_dataset(source: str | Path, classes: tuple[str, ...], *, max_tiles: int | None = None) -> Dataset:
     """Check every candidate tile; keep the usable ones (all, or the first ``max_tiles`` taken class by class in turn)."""
+    if str(source) == "sample":
+        return _sample_dataset(classes, max_tiles)
     source = Path(source)
     if source.is_dir():
         candidates = _candidates_from_folder(source, classes)
@@ -104,4 +106,24 @@ def load_dataset(source: str | Path, classes: tuple[str, ...], *, max_tiles: int
     if not data.items:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in data.skipped[:3])
         raise DataError(f"--data {source}: no usable tile" + (f" ({len(data.skipped)} skipped: {reasons} ...)" if data.skipped else ""))
+    return data
+
+
+def _sample_dataset(classes: tuple[str, ...], max_tiles: int | None) -> Dataset:
+    """``--data sample``: the shipped sample tiles, labelled in the reference model's class scheme."""
+    from .samples import sample_tiles
+
+    tiles = sample_tiles()
+    unknown = sorted({t.label for t in tiles} - set(classes))
+    if unknown:
+        raise DataError(f"--data sample: the sample tiles' classes {', '.join(unknown)} are not classes of the model")
+    if max_tiles is not None:
+        by_class: dict[str, list] = {}
+        for t in tiles:
+            by_class.setdefault(t.label, []).append(t)
+        tiles = [t for row in zip_longest(*by_class.values()) for t in row if t is not None][:max_tiles]
+    data = Dataset([], source="sample")
+    for t in tiles:
+        data.items.append(Item(hashlib.sha256(t.path.read_bytes()).hexdigest(), str(t.path), t.name, classes.index(t.label)))
+        data.counts[t.label] = data.counts.get(t.label, 0) + 1
     return data

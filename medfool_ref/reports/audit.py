@@ -17,109 +17,15 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from .. import __version__
 from ..campaign.audit import AuditEntry, AuditPlan, fooled_by_tile
 from ..campaign.store import ResultsStore
 from ..inputs.datasets import Dataset
 from ..registry import SPECS
 from ..targets.target import Target
+from .audit_schema import AttackReport, AuditReport, BudgetResult, Flip, Flips, Scenario, Skip, WorstCase, schema
 
-
-class _M(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Flip(_M):
-    count: int
-    of: int = Field(description="tiles of that kind whose decision was right before the attack")
-    rate: float | None
-
-
-class Flips(_M):
-    missed_tumour: Flip
-    overcall: Flip
-
-
-class BudgetResult(_M):
-    eps: float | None = Field(description="the budget (L-inf on [0, 1], or L2); null for an attack run without one")
-    eps_255: float | None = None
-    norm: str
-    tiles_attacked: int
-    clean_accuracy: float
-    robust_accuracy: float
-    robust_accuracy_8bit: float
-    success_rate: float | None
-    success_rate_8bit: float | None
-    flips: Flips
-    median_l2: float | None
-    median_linf_255: float | None
-    queries: dict[str, int]
-    seconds: float
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-
-class AttackReport(_M):
-    id: str
-    attack: str = Field(description="the registered implementation")
-    catalog_id: str
-    stable_id: str | None
-    summary: str
-    view: str
-    cascade: bool = Field(False, description="run only on the tiles every other worst-case attack left standing")
-    params: dict[str, Any]
-    budgets: list[BudgetResult]
-
-
-class WorstCase(_M):
-    eps: float
-    eps_255: float
-    robust_accuracy: float
-    robust_accuracy_8bit: float
-    fooled: int
-    missed_tumour_rate: float | None
-    overcall_rate: float | None
-    attacks: list[str]
-
-
-class Scenario(_M):
-    scenario: str
-    attack: str
-    severity: int
-    likelihood_catalog: int
-    likelihood_measured: int
-    risk_catalog: int
-    risk_measured: int
-    band_catalog: str
-    band_measured: str
-    evidence: str
-
-
-class Skip(_M):
-    path: str
-    reason: str
-
-
-class AuditReport(_M):
-    medfool: str
-    date: str
-    device: str
-    engine: str
-    model: dict[str, Any]
-    data: dict[str, Any]
-    skipped: list[Skip]
-    attacks: list[AttackReport]
-    worst_case: list[WorstCase]
-    threat_model: list[Scenario]
-    rule: list[str]
-    gates: list[dict[str, Any]] = Field(default_factory=list)
-
-
-def schema() -> dict[str, Any]:
-    s = AuditReport.model_json_schema()
-    s["title"] = "medfool audit report"
-    return s
+__all__ = ["AuditReport", "build_report", "schema"]
 
 
 def _median(v: list[float]) -> float | None:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .html import block
+from .html import Page, block
 from .render import render
 
 URI = "benchmarks.md"
@@ -63,8 +63,6 @@ def _scale_section(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def benchmarks_page(folder: Path | None):  # -> Page | None (imported lazily to avoid a cycle)
-    from .pages import Page
-
     if folder is None or not folder.is_dir():
         return None
     peers = [_peer_section(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(folder.glob("peers-*.json"))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import posixpath
 from dataclasses import dataclass
 
@@ -41,3 +42,18 @@ def block(body: str) -> str:
     """Wrap rendered HTML in one raw block that Markdown leaves alone (no blank lines inside)."""
     lines = "\n".join(line for line in body.strip().splitlines() if line.strip())
     return f'<div class="mf-page" markdown="0">\n{lines}\n</div>\n'
+
+
+@dataclass
+class Page:
+    uri: str  # path under docs/, e.g. attacks/deepfool.md
+    title: str
+    body: str
+    tags: tuple[str, ...] = ()
+
+    def markdown(self) -> str:
+        front = [f"title: {json.dumps(esc(self.title))}"]  # MkDocs renders titles unescaped
+        if self.tags:
+            front.append("tags:")
+            front += [f"  - {json.dumps(t)}" for t in self.tags]
+        return "---\n" + "\n".join(front) + "\n---\n\n" + self.body

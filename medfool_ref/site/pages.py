@@ -7,8 +7,6 @@ renders as text. Links are relative, so the built site also works from ``file://
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..catalog.cite import bibtex_of, format_text, public_entry
@@ -23,7 +21,7 @@ from ..catalog.derive import (
 from ..catalog.models import FAMILY_LABELS, ROUTE_LABELS, Family, Route
 from ..catalog.risk import RULE, band, likelihood, scores
 from ..catalog.show import paper_links
-from .html import Link, block, esc, href, page_uri
+from .html import Link, Page, block, href, page_uri
 from .render import render
 from .results import read_run
 from .svg import layout
@@ -37,22 +35,8 @@ DOWNLOADS = {
     "downloads/medfool.csl.json": "CSL-JSON of every paper (for Zotero, Pandoc, citeproc)",
     "downloads/catalog.json": "the flat JSON export (medfool export)",
     "downloads/catalog.schema.json": "its JSON Schema (medfool export --format jsonschema)",
+    "downloads/audit-report.schema.json": "the JSON Schema of an audit's report.json (medfool audit --schema)",
 }
-
-
-@dataclass
-class Page:
-    uri: str  # path under docs/, e.g. attacks/deepfool.md
-    title: str
-    body: str
-    tags: tuple[str, ...] = ()
-
-    def markdown(self) -> str:
-        front = [f"title: {json.dumps(esc(self.title))}"]  # MkDocs renders titles unescaped
-        if self.tags:
-            front.append("tags:")
-            front += [f"  - {json.dumps(t)}" for t in self.tags]
-        return "---\n" + "\n".join(front) + "\n---\n\n" + self.body
 
 
 class Links:
@@ -137,7 +121,7 @@ def risk_page(c: Catalog) -> Page:
 # --------------------------------------------------------------------------- entry pages
 
 
-def attack_page(c: Catalog, aid: str, results_dir: object = None) -> Page:
+def attack_page(c: Catalog, aid: str, results_dir: object = None, audit: dict | None = None) -> Page:
     a = c.attacks[aid]
     here = page_uri("attack", aid)
     lik, parts = likelihood(a)
@@ -149,8 +133,11 @@ def attack_page(c: Catalog, aid: str, results_dir: object = None) -> Page:
         python, cli = usage(a.implementation, module, func)
         impl = {"name": a.implementation, "module": module, "python": python, "cli": cli}
         run = read_run(a.implementation, results_dir, here)
+    from .audit import rows_for
+
+    audit_rows = [(row, href(here, "audit.md", row)) for row in rows_for(audit, aid)]
     body = _html("attack.html", c, here, a=a, likelihood=lik, likelihood_parts=parts, rel=papers_by_relation(c, aid),
-                 demos=demonstrations_of(c, aid), defences=defences_for(c, aid), impl=impl, run=run)
+                 demos=demonstrations_of(c, aid), defences=defences_for(c, aid), impl=impl, run=run, audit_rows=audit_rows)
     return Page(here, a.name, body, tags=(a.family.value, route_of(a).value))
 
 
@@ -282,11 +269,11 @@ def cite_page(c: Catalog) -> Page:
     return Page(here, "Cite and download", _html("cite.html", c, here, version=c.version, downloads=downloads))
 
 
-def all_pages(c: Catalog, results_dir: object = None) -> list[Page]:
+def all_pages(c: Catalog, results_dir: object = None, audit: dict | None = None) -> list[Page]:
     pages = [home(c), table1_page(c), routes_page(c), risk_page(c), cite_page(c)]
     for kind in c.tables():
         pages.append(index_page(c, kind))
-    pages += [attack_page(c, a, results_dir) for a in c.attacks]
+    pages += [attack_page(c, a, results_dir, audit) for a in c.attacks]
     pages += [paper_page(c, p) for p in c.papers]
     pages += [domain_page(c, d) for d in sorted(c.domains, key=lambda d: c.domains[d].order)]
     pages += [defence_page(c, d) for d in c.defences]

@@ -15,6 +15,8 @@ from mkdocs.structure.files import File, Files, InclusionLevel
 from ..catalog import CatalogError, Severity, load_catalog
 from ..catalog.cite import full_bibtex, full_csl
 from ..catalog.export import export_json, json_schema
+from ..reports.audit_schema import schema as audit_schema
+from .audit import audit_page, figure_files, read_audit
 from .benchmarks import benchmarks_page, charts
 from .html import esc
 from .pages import all_pages, nav
@@ -28,6 +30,7 @@ class MedfoolConfig(Config):
     results = config_options.Optional(config_options.Type(str))  # folder of the main command's fresh reference runs
     recorded = config_options.Optional(config_options.Type(str))  # folder of committed long runs (with provenance)
     benchmarks = config_options.Optional(config_options.Type(str))  # folder of committed benchmark results
+    audit = config_options.Optional(config_options.Type(str))  # folder of the reference model's recorded audit
 
 
 class MedfoolPlugin(BasePlugin[MedfoolConfig]):
@@ -42,8 +45,13 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
             errors = [str(p) for p in exc.problems if p.severity is Severity.ERROR]
             raise PluginError("medfool: the catalog is invalid:\n" + "\n".join(errors)) from None
         self.results_dirs = [base / d for d in (self.config.results, self.config.recorded) if d] or None
-        self.pages = all_pages(self.catalog, self.results_dirs)
+        self.audit_dir = base / self.config.audit if self.config.audit else None
+        self.pages = all_pages(self.catalog, self.results_dirs, read_audit(self.audit_dir))
         items = nav(self.catalog)
+        audit = audit_page(self.audit_dir, audit_stale(read_audit(self.audit_dir)))
+        if audit is not None:
+            self.pages.append(audit)
+            items.insert(len(items) - 3, {"Audit": audit.uri})
         bench = benchmarks_page(base / self.config.benchmarks) if self.config.benchmarks else None
         if bench is not None:
             self.pages.append(bench)
@@ -68,6 +76,7 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
             "downloads/medfool.csl.json": json.dumps(full_csl(c), indent=2, ensure_ascii=False),
             "downloads/catalog.json": export_json(c),
             "downloads/catalog.schema.json": json.dumps(json_schema(), indent=2),
+            "downloads/audit-report.schema.json": json.dumps(audit_schema(), indent=2),
         }
         card = Path(__file__).resolve().parents[1] / "data" / "reference-model" / "MODEL_CARD.md"
         if card.is_file():  # our own text, written by `medfool model train`
@@ -78,6 +87,8 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
             base = Path(config.config_file_path).resolve().parent
             for uri, svg in charts(base / self.config.benchmarks).items():
                 _add(files, File.generated(config, uri, content=svg))
+        for uri, path in figure_files(self.audit_dir):
+            _add(files, File.generated(config, uri, abs_src_path=str(path)))
         for uri, path in result_files(self.results_dirs):
             _add(files, File.generated(config, uri, abs_src_path=str(path)))
         for asset in sorted(ASSETS.iterdir()):
@@ -110,3 +121,14 @@ def _escape_nav(items: list[Any]) -> list[Any]:
         else:
             out.append(item)
     return out
+
+
+def audit_stale(report: dict[str, Any] | None) -> bool:
+    """A recorded audit is stale when its code hash differs from today's for the attacks it ran."""
+    if not report:
+        return False
+    from ..registry import SPECS, audit_fingerprint
+
+    recorded = (report.get("provenance") or {}).get("code_sha256")
+    names = sorted({a.get("attack") for a in report.get("attacks", []) if a.get("attack") in SPECS})
+    return isinstance(recorded, str) and recorded != audit_fingerprint(names)

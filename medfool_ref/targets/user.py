@@ -12,14 +12,16 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
 from .target import Target, fingerprint
+
+if TYPE_CHECKING:  # the config is validated on the driver; here it is only read
+    from .config import ModelConfig
 
 
 class ModelError(ValueError):
