@@ -27,8 +27,13 @@ PREDICT = "predict"  # the clean pass: predictions only, no attack
 
 
 def load_items(items: tuple[Item, ...] | list[Item], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Read a batch of same-sized tiles; labels are returned only when every item has one."""
-    images = [read_tile(i.path) for i in items]
+    """Read a batch of same-sized tiles (files, or regions of a whole slide); labels only when every item has one."""
+    if any(i.region is not None for i in items):
+        from ..inputs.slides import read_regions
+
+        images = read_regions(items)
+    else:
+        images = [read_tile(i.path) for i in items]
     sizes = {tuple(x.shape) for x in images}
     if len(sizes) > 1:
         raise ValueError(f"a unit's tiles must share one size; got {sorted(sizes)}")
