@@ -15,7 +15,7 @@ TORCHATTACKS := torchattacks==3.5.1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,ray]'
 	# torchattacks is a peer for the oracle tests and benchmarks; it pins requests~=2.25 (which
 	# mkdocs-material cannot use) and pulls torchvision (a second torch build) but imports neither
 	$(PY) -m pip install --quiet --no-deps $(TORCHATTACKS)

@@ -17,8 +17,8 @@ from medfool_ref.inputs.samples import CLASSES, sample_tiles, split
 from medfool_ref.targets.reference import DEFAULT_WEIGHTS, MODEL_DIR, load_model, sha256_of
 from medfool_ref.training import loop, reference
 from medfool_ref.training.loop import TrainConfig, augment, crop_bank, evaluate, train
-from medfool_ref.training.reference import (CARD_JSON, STUDY, cross_validate, cv_folds, mcnemar_p, model_card,
-                                            reference_config, wilson_interval)
+from medfool_ref.training.reference import (CARD_JSON, KEPT, STUDY, cross_validate, cv_folds, mcnemar_p, model_card,
+                                            reference_config, study_choice, wilson_interval)
 
 NEW_FIELDS = {"stain_jitter": "stain", "blur_sigma": "blur", "scale_jitter": "scale"}  # TrainConfig field -> augment keyword
 
@@ -230,6 +230,16 @@ def test_the_cards_cross_validation_is_consistent(card, tiles) -> None:
     kept = [r for r in cv["study"] if r["config"] == TrainConfig(**card["config"]).as_dict()]
     assert len(kept) == 1 and kept[0]["predictions"] == recipe["predictions"]
     assert TrainConfig(**card["config"]) == reference_config()  # the shipped weights are of the committed recipe
+
+
+def test_the_kept_recipe_follows_the_cards_rule(card) -> None:
+    cv = card["cross_validation"]
+    assert study_choice(cv) == KEPT
+    base = next(r for r in cv["study"] if r["name"] == "baseline")
+    chosen = next(r for r in cv["study"] if r["name"] == KEPT)
+    assert chosen["correct"] >= base["correct"]
+    text = (MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert text.count("(kept)") == 1 and f"| {KEPT} (kept) |" in text
 
 
 def test_the_markdown_card_is_rendered_from_the_json(card) -> None:

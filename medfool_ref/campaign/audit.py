@@ -15,6 +15,7 @@ from typing import Any
 
 from ..inputs.items import Item
 from ..targets.target import Target
+from .engine import Engine
 from .plan import by_size, patch_units, predict_units, tile_units
 from .run import CampaignRun, run_campaign
 from .store import ResultsStore
@@ -103,13 +104,13 @@ def _split(items: list[Item]) -> tuple[list[Item], list[Item]]:
 
 def run_audit(items: list[Item], target: Target, store: ResultsStore, *, probes: list[str] | None = None,
               linf: tuple[float, ...] = LINF_BUDGETS, l2: tuple[float, ...] = L2_BUDGETS, overrides: dict[str, dict[str, Any]] | None = None,
-              batch_size: int = 32, resume: bool = False, progress: bool = True) -> AuditPlan:
+              batch_size: int = 32, resume: bool = False, progress: bool = True, engine: Engine | None = None) -> AuditPlan:
     fp = target.fingerprint
     chosen = [PROBES[p] for p in (probes or [p.id for p in BATTERY])]
     overrides = overrides or {}
     clean = [keyed(u, fp) for u in predict_units(items, batch_size)]
     plan = AuditPlan(clean, [], tuple(linf), tuple(l2))
-    plan.runs.append(run_campaign(clean, target, store, resume=resume, progress=progress, label="clean pass"))
+    plan.runs.append(run_campaign(clean, target, store, resume=resume, progress=progress, label="clean pass", engine=engine))
     rec = _clean_records(store, clean)
     pos = set(target.positive_indices)
     correct = [it for it in items if rec[it.id]["pred_before"] == it.label]
@@ -135,7 +136,7 @@ def run_audit(items: list[Item], target: Target, store: ResultsStore, *, probes:
                 units = tile_units(probe.attack, tiles, params=p, options=opts, batch_size=batch_size, label=label)
             plan.entries.append(AuditEntry(probe, eps, [keyed(u, fp) for u in units]))
     units = [u for e in plan.entries for u in e.units]
-    plan.runs.append(run_campaign(units, target, store, resume=resume, progress=progress, label="attacks"))
+    plan.runs.append(run_campaign(units, target, store, resume=resume, progress=progress, label="attacks", engine=engine))
     for entry in phase2:  # the cascade: only what every other worst-case attack at this budget left standing
         standing = survivors(store, plan, entry.eps, correct)
         p = {**entry.probe.params, **overrides.get(entry.probe.id, {}), "eps": entry.eps}
@@ -143,7 +144,8 @@ def run_audit(items: list[Item], target: Target, store: ResultsStore, *, probes:
                                                         label=f"{entry.probe.id}@{entry.eps:.6g}")]
         plan.entries.append(entry)
     units = [u for e in phase2 for u in e.units]
-    plan.runs.append(run_campaign(units, target, store, resume=resume, progress=progress, label="APGD-T on the rest"))
+    plan.runs.append(run_campaign(units, target, store, resume=resume, progress=progress, label="APGD-T on the rest",
+                                  engine=engine))
     return plan
 
 

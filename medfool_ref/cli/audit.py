@@ -93,6 +93,22 @@ def _overrides(pairs: list[str] | None, probes: list[str]) -> dict[str, dict[str
     return out
 
 
+def engine_from(args: argparse.Namespace) -> Any:
+    """The engine ``--engine``/``--ray-address`` name; without Ray installed, how to install it (exit 2)."""
+    from ..campaign.ray_engine import RayUnavailable, make_engine
+
+    try:
+        return make_engine(args.engine, address=args.ray_address)
+    except (RayUnavailable, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where units run: in this process (default) or as Ray tasks (pip install 'medfool[ray]')")
+    p.add_argument("--ray-address", help="join this Ray cluster (e.g. 10.0.0.5:6379 or auto); default: a local Ray instance")
+
+
 def _target(args: argparse.Namespace) -> Any:
     from ..targets.config import REFERENCE_CONFIG, ConfigError, load_config
     from ..targets.reference import ModelFileError, default_device
@@ -157,6 +173,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
         raise UsageError("--max-tiles must be >= 1")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    engine = engine_from(args)
     target = _target(args)
     try:
         data = load_dataset(args.data, target.classes, max_tiles=args.max_tiles)
@@ -165,8 +182,11 @@ def run_audit_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     store = ResultsStore(out)
     print(f"auditing {target.name} on {len(data.items)} tiles ({len(data.skipped)} skipped) with {', '.join(probes)}", file=sys.stderr)
-    plan = run_audit(data.items, target, store, probes=probes, linf=linf, l2=l2, overrides=overrides, batch_size=args.batch_size,
-                     resume=args.resume)
+    try:
+        plan = run_audit(data.items, target, store, probes=probes, linf=linf, l2=l2, overrides=overrides, batch_size=args.batch_size,
+                         resume=args.resume, engine=engine)
+    finally:
+        getattr(engine, "shutdown", lambda: None)()
     failures = [f for run in plan.runs for f in run.failures]
     for f in failures:
         if f.kind == "invalid":
@@ -174,7 +194,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     if failures:
         raise RunFailed(f"{len(failures)} unit(s) failed; first: {failures[0].attack} ({failures[0].label}): {failures[0].error.splitlines()[0]}")
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    report = build_report(store, plan, target, data, device=str(target.device), date=date)
+    report = build_report(store, plan, target, data, device=str(target.device), date=date, engine=engine.name)
     report.provenance = _provenance(args, probes, str(target.device), date)
     checked = check_gates(report.model_dump(mode="json"), gates)
     doc = write_audit(report, store, plan, target, out, checked)
@@ -209,5 +229,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="exit 3 when robust accuracy is below VALUE, e.g. worst_case@4/255=0.60 or pgd@8/255=0.5 (repeatable)")
     p.add_argument("--device", help="torch device (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from the output folder's results store")
+    add_engine_options(p)
     p.add_argument("--schema", action="store_true", help="print the report's JSON Schema and exit")
     p.set_defaults(func=run_audit_command)

@@ -21,6 +21,8 @@ from .benchmarks import benchmarks_page, charts
 from .html import esc
 from .pages import all_pages, nav
 from .results import result_files
+from .slides import figure_files as slide_figures
+from .slides import slides_page
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -31,6 +33,7 @@ class MedfoolConfig(Config):
     recorded = config_options.Optional(config_options.Type(str))  # folder of committed long runs (with provenance)
     benchmarks = config_options.Optional(config_options.Type(str))  # folder of committed benchmark results
     audit = config_options.Optional(config_options.Type(str))  # folder of the reference model's recorded audit
+    slides = config_options.Optional(config_options.Type(str))  # folder of the recorded whole-slide run (medfool slide demo)
 
 
 class MedfoolPlugin(BasePlugin[MedfoolConfig]):
@@ -52,6 +55,11 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
         if audit is not None:
             self.pages.append(audit)
             items.insert(len(items) - 3, {"Audit": audit.uri})
+        self.slides_dir = base / self.config.slides if self.config.slides else None
+        slides = slides_page(self.slides_dir)
+        if slides is not None:
+            self.pages.append(slides)
+            items.insert(len(items) - 3, {"Whole slides": slides.uri})
         bench = benchmarks_page(base / self.config.benchmarks) if self.config.benchmarks else None
         if bench is not None:
             self.pages.append(bench)
@@ -88,6 +96,8 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
             for uri, svg in charts(base / self.config.benchmarks).items():
                 _add(files, File.generated(config, uri, content=svg))
         for uri, path in figure_files(self.audit_dir):
+            _add(files, File.generated(config, uri, abs_src_path=str(path)))
+        for uri, path in slide_figures(self.slides_dir):
             _add(files, File.generated(config, uri, abs_src_path=str(path)))
         for uri, path in result_files(self.results_dirs):
             _add(files, File.generated(config, uri, abs_src_path=str(path)))

@@ -26,6 +26,7 @@ class Target:
     positive: tuple[str, ...] = ("TUM",)  # the classes that make the tumour decision
     threshold: float | None = None  # positive when P(positive) >= threshold; None: when a positive class has the top score
     config: Any = None  # the validated model config, when one was given
+    spec: TargetSpec | None = None  # how another process rebuilds this target (a cluster's workers)
 
     @property
     def device(self) -> torch.device:
@@ -67,6 +68,73 @@ class DecisionModel(nn.Module):
         return torch.stack([torch.zeros_like(log_odds), log_odds - shift], dim=1)
 
 
+@dataclass(frozen=True)
+class TargetSpec:
+    """Everything a worker needs to rebuild a target: picklable, put in a cluster's object store once.
+
+    ``kind`` "reference": medfool's architecture from ``weights`` (safetensors bytes); "user": the user's
+    ``factory`` (a file the worker must see at the same path) with its config and the inner net's
+    weights; "module": the module itself (pickled by the engine: Python callers on a local cluster).
+    """
+
+    kind: str
+    name: str
+    classes: tuple[str, ...]
+    positive: tuple[str, ...]
+    threshold: float | None
+    fingerprint: str
+    device: str
+    weights: bytes = b""
+    factory: str | None = None
+    config: dict[str, Any] | None = None
+    module: Any = None
+
+    def build(self, device: str | torch.device | None = None) -> Target:
+        device = torch.device(device or self.device)
+        if self.kind == "reference":
+            from safetensors.torch import load
+
+            from .tilenet import TileClassifier, TileNet
+
+            state = load(self.weights)
+            width = int(state["net.features.0.weight"].shape[0])
+            model: nn.Module = TileClassifier(TileNet(len(self.classes), width), [0.0] * 3, [1.0] * 3, self.classes)
+            model.load_state_dict(state, strict=True)
+        elif self.kind == "user":
+            from safetensors.torch import load
+
+            from .user import AuditedModel, build
+
+            net = build(str(self.factory))
+            net.load_state_dict(load(self.weights), strict=True)
+            model = AuditedModel(net, _Config.of(self.config or {}))
+        else:
+            model = self.module
+        model = model.to(device).eval()
+        target = Target(model, self.classes, fingerprint(model), self.name, self.positive, self.threshold, self.config, self)
+        if target.fingerprint != self.fingerprint:
+            raise ValueError(f"the rebuilt model's weights differ from the driver's ({target.fingerprint[:12]} vs {self.fingerprint[:12]})")
+        return target
+
+
+class _Config:
+    """The validated config's fields as attributes again (a worker needs no pydantic)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        for k, v in data.items():
+            setattr(self, k, _Config(v) if isinstance(v, dict) else v)
+
+    @staticmethod
+    def of(data: dict[str, Any]) -> Any:
+        return _Config(data)
+
+
+def state_bytes(model: nn.Module) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
 def fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
@@ -78,7 +146,9 @@ def fingerprint(model: nn.Module) -> str:
 
 def module_target(model: nn.Module, classes: tuple[str, ...] | list[str], name: str = "model") -> Target:
     """A target from a module already in memory (Python callers, tests, benchmarks)."""
-    return Target(model.eval(), tuple(classes), fingerprint(model), name)
+    t = Target(model.eval(), tuple(classes), fingerprint(model), name)
+    t.spec = TargetSpec("module", name, t.classes, t.positive, None, t.fingerprint, str(t.device), module=model)
+    return t
 
 
 def reference_target(weights: str | Path | None = None, device: str | torch.device | None = None) -> Target:
@@ -86,4 +156,6 @@ def reference_target(weights: str | Path | None = None, device: str | torch.devi
     from .reference import load_model
 
     model = load_model(weights, device=device)
-    return Target(model, model.classes, fingerprint(model), "reference" if weights is None else str(weights))
+    t = Target(model, model.classes, fingerprint(model), "reference" if weights is None else str(weights))
+    t.spec = TargetSpec("reference", t.name, t.classes, t.positive, None, t.fingerprint, str(t.device), weights=state_bytes(model))
+    return t

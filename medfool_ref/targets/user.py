@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .target import Target, fingerprint
+from .target import Target, TargetSpec, fingerprint, state_bytes
 
 if TYPE_CHECKING:  # the config is validated on the driver; here it is only read
     from .config import ModelConfig
@@ -179,12 +179,21 @@ def user_target(spec: str, config: ModelConfig, *, weights: str | Path | None = 
     device = torch.device(device)
     model = AuditedModel(net, config).to(device).eval()
     check_model(model, config, device, f"--model {spec}")
-    return configured(Target(model, model.classes, fingerprint(model), Path(spec.rpartition(":")[0]).name + ":" + spec.rpartition(":")[2]), config)
+    name = Path(spec.rpartition(":")[0]).name + ":" + spec.rpartition(":")[2]
+    target = configured(Target(model, model.classes, fingerprint(model), name), config)
+    target.spec = TargetSpec("user", name, target.classes, target.positive, target.threshold, target.fingerprint, str(device),
+                             weights=state_bytes(net), factory=str(Path(spec.rpartition(":")[0]).resolve()) + ":" + spec.rpartition(":")[2],
+                             config=config.model_dump())
+    return target
 
 
 def configured(target: Target, config: ModelConfig) -> Target:
     """The target with the config's decision (positive classes, threshold) and the config itself attached."""
+    from dataclasses import replace
+
     target.positive = tuple(config.positive)
     target.threshold = config.threshold
     target.config = config
+    if target.spec is not None:
+        target.spec = replace(target.spec, positive=target.positive, threshold=target.threshold)
     return target
