@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
@@ -17,8 +16,18 @@ from medfool_ref.inputs.samples import CLASSES, sample_tiles, split
 from medfool_ref.targets.reference import DEFAULT_WEIGHTS, MODEL_DIR, load_model, sha256_of
 from medfool_ref.training import loop, reference
 from medfool_ref.training.loop import TrainConfig, augment, crop_bank, evaluate, train
-from medfool_ref.training.reference import (CARD_JSON, KEPT, STUDY, cross_validate, cv_folds, mcnemar_p, model_card,
-                                            reference_config, study_choice, wilson_interval)
+from medfool_ref.training.reference import (
+    CARD_JSON,
+    KEPT,
+    STUDY,
+    cross_validate,
+    cv_folds,
+    mcnemar_p,
+    model_card,
+    reference_config,
+    study_choice,
+    wilson_interval,
+)
 
 NEW_FIELDS = {"stain_jitter": "stain", "blur_sigma": "blur", "scale_jitter": "scale"}  # TrainConfig field -> augment keyword
 
@@ -165,7 +174,7 @@ def test_augmentations_on_keep_range_shape_and_determinism_and_change_the_batch(
     assert not torch.equal(out, other)
 
 
-def test_blur_smooths_and_zoom_out_keeps_the_mean_colour(crops) -> None:
+def test_blur_smooths_and_zoom_keeps_the_mean_colour(crops) -> None:
     def roughness(x: torch.Tensor) -> float:
         return float((x[..., 1:] - x[..., :-1]).abs().mean())
     blurred, _ = _aug(crops, 1, 0.0, blur=2.0)
@@ -249,7 +258,7 @@ def test_the_markdown_card_is_rendered_from_the_json(card) -> None:
     lo, hi = r["interval_95"]
     assert f"{r['correct']}/{r['tiles']} = {100 * r['accuracy']:.1f}%" in text
     assert f"{100 * lo:.1f}% to {100 * hi:.1f}%" in text
-    assert "Wilson score interval" in text and "fixed 50-tile training split" in text
+    assert "Wilson score" in text and "the fixed 50-tile training split" in text
     for name in STUDY:
         assert f"| {name}" in text
     assert "TO BE WRITTEN" not in text

@@ -26,6 +26,7 @@ from medfool_ref.site.audit import audit_page
 from medfool_ref.site.benchmarks import benchmarks_page
 from medfool_ref.site.html import Link
 from medfool_ref.site.results import results_html
+from medfool_ref.site.slides import slides_page
 from medfool_ref.site.svg import routes_svg
 
 HOSTILE = "javascript:alert(1) {{ 7*7 }} <script>alert(1)</script> \" onerror=\"x ' onload='y & [md](javascript:z)"
@@ -127,6 +128,26 @@ def _audit_dir(tmp: Path) -> Path:
     return folder
 
 
+def _slides_dir(tmp: Path) -> Path:
+    """A recorded slide run whose every string is hostile (figure names too: they must not become paths)."""
+    folder = tmp / "slides"
+    folder.mkdir(parents=True)
+    (folder / "ok.png").write_bytes(b"png")
+    call = {"score": 0.5, "threshold": 0.4, "call": True}
+    flip = {"k": 2, "of": 5, "stays_flipped": False, "clean_call": True}
+    mosaic = {"title": HOSTILE, "layout": HOSTILE, "contains_tumour": True, "tiles": HOSTILE, "goal": HOSTILE, "goal_text": HOSTILE,
+              "attack": HOSTILE, "params_text": HOSTILE, "select": HOSTILE, "view": HOSTILE, "eligible": HOSTILE, "attacked": HOSTILE,
+              "tile_fooled": HOSTILE, "before": {"max": call}, "after": {"max": call, HOSTILE: HOSTILE},
+              "search": {"max": flip, "mean": {"k": None, "of": HOSTILE}}, "figure": "ok.png"}
+    summary = {"statement": HOSTILE, "catalog": [{"id": HOSTILE, "stable_id": HOSTILE}], "provenance": {HOSTILE: HOSTILE},
+               "cmu1": {"slide": HOSTILE, "credit": HOSTILE, "dimensions": [HOSTILE, 2], "mpp": HOSTILE, "side": HOSTILE,
+                        "target_mpp": HOSTILE, "tiles": HOSTILE, "grid_tiles": HOSTILE, "calls": {"max": call},
+                        "figures": {HOSTILE: "ok.png", "x": HOSTILE}},
+               "mosaics": [mosaic, {**mosaic, "figure": "../" + HOSTILE}]}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
 def _macros() -> dict[str, jinja2.runtime.Macro]:
     module = render.env.get_template("macros.html").module
     return {n: getattr(module, n) for n in dir(module) if isinstance(getattr(module, n), jinja2.runtime.Macro)}
@@ -157,6 +178,7 @@ CASES: dict[str, Callable[[Any, Path], str]] = {
     "results.html": lambda c, tmp: results_html("fgsm", _results_dir(tmp), "attacks/fgsm.md"),
     "benchmarks.html": lambda c, tmp: benchmarks_page(_benchmarks_dir(tmp)).body,
     "audit.html": lambda c, tmp: audit_page(_audit_dir(tmp), stale=True).body,
+    "slides.html": lambda c, tmp: slides_page(_slides_dir(tmp), stale=True).body,
 }
 
 

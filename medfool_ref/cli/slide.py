@@ -273,28 +273,35 @@ def run_train_mil(args: argparse.Namespace) -> int:
 
 
 DEMO_MOSAICS = (
-    {"name": "miss", "title": "Tumour mosaic: hiding the tumour", "layout": ["--layout", "8x8", "--tumour", "2:5,2:5"], "seed": 1,
-     "goal": "miss", "goal_text": "a missed tumour (every tumour-called tile is a candidate)", "extra": []},
+    {"name": "miss", "title": "Tumour mosaic: hiding the tumour (PGD stops at each tile's boundary)",
+     "layout": ["--layout", "8x8", "--tumour", "2:5,2:5"], "seed": 1, "goal": "miss", "sets": ["eps=4/255"],
+     "params_text": "L-inf eps 4/255, 10 steps, early stop (each tile stops once it reads non-tumour)",
+     "goal_text": "a missed tumour (every tumour-called tile is a candidate)", "extra": []},
+    {"name": "miss-full", "title": "Tumour mosaic: hiding the tumour (PGD runs every step)",
+     "layout": ["--layout", "8x8", "--tumour", "2:5,2:5"], "seed": 1, "goal": "miss", "sets": ["eps=4/255", "early_stop=false"],
+     "params_text": "L-inf eps 4/255, 10 steps, no early stop (each tile pushed as far as the budget allows)",
+     "goal_text": "a missed tumour (every tumour-called tile is a candidate)", "extra": []},
     {"name": "overcall", "title": "Benign mosaic: an over-call", "layout": ["--layout", "8x8"], "seed": 2, "goal": "overcall",
+     "sets": ["eps=4/255", "early_stop=false"], "params_text": "L-inf eps 4/255, 10 steps, no early stop",
      "goal_text": "an over-call (the 16 non-tumour tiles with the highest P(tumour) are candidates)", "extra": ["--tiles", "16"]},
 )
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """CMU-1 predicted, and two mosaics (of the reference model's training tiles) attacked with PGD at 4/255 with the flip
+    """CMU-1 predicted, and mosaics (of the reference model's training tiles) attacked with PGD at 4/255 with the flip
     search; writes summary.json and the figures into ``--out``, the slides and stores into ``--work``."""
     import shlex
     import shutil
     import tempfile
 
     from ..inputs.mosaic import STATEMENT
-    from . import build_parser
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="medfool-slides-"))
     work.mkdir(parents=True, exist_ok=True)
-    parser = build_parser()
+    parser = argparse.ArgumentParser(prog="medfool")
+    add_commands(parser.add_subparsers(dest="command", required=True))
 
     def call(*argv: str) -> dict[str, Any]:
         ns = parser.parse_args(list(argv))
@@ -317,9 +324,10 @@ def run_demo(args: argparse.Namespace) -> int:
                  "grid_tiles": cmu["tissue"]["tiles_in_grid"], "calls": cmu["calls"], "figures": {k: v for k, v in figs.items() if (out / v).is_file()}},
         "mosaics": []}
     for spec in DEMO_MOSAICS:
-        tif = work / f"mosaic-{spec['name']}.tif"
+        tif = work / f"mosaic-{spec['seed']}.tif"
         call("slide", "mosaic", "--out", str(tif), *spec["layout"], "--seed", str(spec["seed"]), "--split", "train")
-        rep = call("slide", "attack", str(tif), "--attack", "pgd", "--set", "eps=4/255", "--goal", spec["goal"], "--search",
+        sets = [x for v in spec["sets"] for x in ("--set", v)]
+        rep = call("slide", "attack", str(tif), "--attack", "pgd", *sets, "--goal", spec["goal"], "--search",
                    "--select", "top-score", *spec["extra"], "--out", str(work / spec["name"]))
         figure = f"mosaic-{spec['name']}.png"
         shutil.copyfile(work / spec["name"] / "before-after.png", out / figure)
@@ -328,7 +336,7 @@ def run_demo(args: argparse.Namespace) -> int:
         summary["mosaics"].append({
             "title": spec["title"], "layout": " ".join(spec["layout"]) + f" --seed {spec['seed']} --split train",
             "contains_tumour": rep["mosaic"]["contains_tumour"], "tiles": rep["tissue"]["tiles_with_tissue"], "goal": at["goal"],
-            "goal_text": spec["goal_text"], "attack": at["name"], "params_text": "L-inf eps 4/255, 10 steps (the registry's defaults otherwise)",
+            "goal_text": spec["goal_text"], "attack": at["name"], "params_text": spec["params_text"],
             "select": at["select"], "view": "the tumour decision, untargeted" if at["view"] == "decision" else f"targeted to {at['target_class']}",
             "eligible": at["eligible"], "attacked": at["attacked"], "tile_fooled": at["tile_fooled_8bit"],
             "before": rep["before"], "after": rep["after"], "search": {k: {x: v[x] for x in ("k", "of", "stays_flipped", "clean_call")}

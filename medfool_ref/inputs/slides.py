@@ -32,6 +32,7 @@ SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 FORMATS = "Aperio SVS, generic tiled TIFF, Hamamatsu, Leica SCN, MIRAX, Philips TIFF, Sakura, Trestle, Ventana, Zeiss CZI, DICOM"
 CLAMP = {"saturation": (0.04, 0.10), "od": (0.03, 0.10)}  # Otsu kept in this band: tissue saturation is broad
 READERS = min(8, os.cpu_count() or 2)
+CACHE_BYTES = 16 << 20  # decoded slide tiles kept for neighbouring reads, shared by all handles
 
 
 class SlideError(ValueError):
@@ -44,6 +45,17 @@ def _openslide() -> Any:
     except ImportError:  # pragma: no cover - a dependency
         raise SlideError("reading whole slides needs openslide-python and openslide-bin (pip install openslide-bin openslide-python)") from None
     return openslide
+
+
+_CACHE: Any = None
+
+
+def _cache() -> Any:
+    """One tile cache of CACHE_BYTES shared by every open slide (OpenSlide's default is one per handle)."""
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = _openslide().OpenSlideCache(CACHE_BYTES)
+    return _CACHE
 
 
 def file_sha256(path: str | Path) -> str:
@@ -73,6 +85,7 @@ class Slide:
             raise SlideError(f"{path}: unsupported format; OpenSlide reads {FORMATS}") from None
         except osl.OpenSlideError as exc:
             raise SlideError(f"{path}: corrupt or truncated slide ({exc})") from None
+        self.osr.set_cache(_cache())
         self.dimensions: tuple[int, int] = tuple(self.osr.dimensions)
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple(tuple(d) for d in self.osr.level_dimensions)
         self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self.osr.level_downsamples)
@@ -392,7 +405,7 @@ def read_regions(items: Sequence[Item]) -> list[torch.Tensor]:
         fut = _PREFETCHED.pop(tuple(i.id for i in items), None)
     arrays = fut.result() if fut is not None else _read_batch(items)
     # converted here, in the caller's thread: float batches allocated and freed in one thread keep the heap compact
-    return [torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0) for a in arrays]
+    return [torch.from_numpy(np.true_divide(a.transpose(2, 0, 1), 255, dtype=np.float32)) for a in arrays]
 
 
 def read_uint8(path: str | Path, boxes: np.ndarray, *, level: int, side: int) -> np.ndarray:

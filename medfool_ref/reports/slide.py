@@ -81,10 +81,10 @@ def _base(ax: Any, plan: Any) -> None:
     ax.set_axis_off()
 
 
-def _outline(ax: Any, plan: Any, idx: np.ndarray, colour: str) -> None:
+def _outline(ax: Any, plan: Any, idx: np.ndarray, colour: str, width: float = 1.2) -> None:
     s = plan.tissue.scale
     rects = [Rectangle((x / s, y / s), w / s, h / s) for x, y, w, h in plan.boxes[idx].tolist()]
-    ax.add_collection(PatchCollection(rects, facecolor="none", edgecolor=colour, linewidth=1.2))
+    ax.add_collection(PatchCollection(rects, facecolor="none", edgecolor=colour, linewidth=width))
 
 
 def tissue_figure(plan: Any, path: Path, *, note: str = "") -> None:
@@ -92,9 +92,8 @@ def tissue_figure(plan: Any, path: Path, *, note: str = "") -> None:
     fig, ax = plt.subplots(figsize=(6.4, 6.4 * t.mask.shape[0] / max(t.mask.shape[1], 1) + 0.6))
     _base(ax, plan)
     ax.contour(t.mask.astype(float), levels=[0.5], colors=["#1b7837"], linewidths=1.0)
-    grid, extent = _raster(plan, np.ones(len(plan.items)))
-    ax.imshow(np.ma.masked_invalid(grid), extent=extent, cmap="Greens", vmin=0, vmax=2, alpha=0.35, interpolation="nearest")
-    ax.set_title(f"tissue ({t.method} > {t.threshold:.3f}, green contour); {len(plan.items)} of {plan.grid_tiles} tiles kept "
+    _outline(ax, plan, np.arange(len(plan.items)), "#2166ac", 0.6)
+    ax.set_title(f"tissue ({t.method} > {t.threshold:.3f}, green); {len(plan.items)} of {plan.grid_tiles} tiles kept (blue) "
                  f"(>= {plan.min_tissue:.0%} tissue){note}", fontsize=FONT - 2, wrap=True)
     _save(fig, Path(path))
 
@@ -120,7 +119,7 @@ def before_after_figure(plan: Any, before: np.ndarray, after: np.ndarray, attack
                         calls_before: dict[str, dict[str, Any]], calls_after: dict[str, dict[str, Any]], title: str) -> None:
     """P(tumour) before | after, the attacked tiles outlined (cyan), each panel with every aggregator's call (T/N)."""
     t = plan.tissue
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.6 * t.mask.shape[0] / max(t.mask.shape[1], 1) + 1.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.0 * t.mask.shape[0] / max(t.mask.shape[1], 1) + 0.9))
     for ax, vals, calls, name in ((axes[0], before, calls_before, "before"), (axes[1], after, calls_after, "after")):
         _base(ax, plan)
         grid, extent = _raster(plan, vals)

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from ..inputs.samples import CLASSES, Tile
 from ..attacks.transforms import gaussian_blur, stain_jitter
+from ..inputs.samples import CLASSES, Tile
 from ..inputs.tiles import read_tile
 from ..targets.tilenet import TileClassifier, TileNet
 

@@ -14,9 +14,9 @@ import json
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -92,7 +92,7 @@ def cross_validate(config: TrainConfig, tiles: list[Tile] | None = None, folds: 
     per_fold, predictions = [], []
     seconds = 0.0
     for f, test in enumerate(parts):
-        held = set(id(t) for t in test)
+        held = {id(t) for t in test}
         train_tiles = [t for t in tiles if id(t) not in held]
         bank = crop_bank(train_tiles, crop=config.crop)
         started = time.perf_counter()
@@ -188,11 +188,11 @@ def write_cv(out_dir: Path = MODEL_DIR, *, study: bool = False, rerun: bool = Fa
     if study:
         done = {r["name"]: r for r in cv.get("study", [])}
         runs = []
-        for name in STUDY:
+        for name, changes in STUDY.items():
             if name not in done:
                 config = study_config(name)
                 result = cross_validate(config, tiles, progress=(lambda f, name=name: progress(name, f)) if progress else None)
-                done[name] = {"name": name, "changes": dict(STUDY[name]), **result}
+                done[name] = {"name": name, "changes": dict(changes), **result}
             runs.append(done[name])
             cv["study"] = runs + [r for n, r in done.items() if n not in {x["name"] for x in runs}]
             if done[name]["config"] == recipe:
