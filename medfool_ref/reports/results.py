@@ -87,6 +87,7 @@ def patch_summary(store: ResultsStore, name: str, entries: list[Entry], classes:
             pick = example_record(store, e.keys, classes)
             if pick is not None and draw_example(store, *pick, classes, folder / "comparison.png"):
                 out["example_tile"] = pick[1]["name"]
+                out["example_fooled_after_8bit"] = bool(pick[1]["success_8bit"])
             tr = first.get("on_training_tiles") or {}
             out.update({"success_rate": tr.get("adversarial"), "grey_control": tr.get("grey"), "noise_control": tr.get("noise"),
                         "params": e.params})

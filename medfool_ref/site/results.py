@@ -143,6 +143,16 @@ def _fmt(key: str, value: object) -> str:
     return _num(value)
 
 
+def _caption(name: str, caption: str, summary: dict) -> str:
+    """The figure's caption, saying whether the tile it shows is still fooled as a saved 8-bit PNG."""
+    if name != "comparison.png" or "example_fooled_after_8bit" not in summary:
+        return caption
+    tile = summary.get("example_tile", "the tile")
+    if summary["example_fooled_after_8bit"]:
+        return f"{caption} This tile ({tile}) is fooled as a saved 8-bit PNG."
+    return f"{caption} This tile ({tile}) is not fooled: no tile of the run was, after saving as 8-bit PNG."
+
+
 @dataclass(frozen=True)
 class Run:
     """What ``results.html`` shows for one implementation: status, labelled values, figures and provenance."""
@@ -170,7 +180,7 @@ def read_run(implementation: str, results_dirs: object, here: str) -> Run:
     return Run(
         implementation, "found",
         facts=[(LABELS[k], _fmt(k, v)) for k, v in summary.items() if k in LABELS],
-        figures=[(href(here, f"results/{implementation}/{name}"), caption)
+        figures=[(href(here, f"results/{implementation}/{name}"), _caption(name, caption, summary))
                  for name, caption in FIGURES.items() if (folder / name).is_file()],
         provenance=[(str(k), _fmt(str(k), v)) for k, v in provenance.items() if k != "stale"],
         stale=is_stale(implementation, provenance),
