@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -46,7 +44,7 @@ def test_deepfool_lands_on_the_boundary_of_an_affine_model(classes: int) -> None
     model = Affine(torch.randn(classes, 3 * 8 * 8, generator=gen) * 0.1, torch.randn(classes, generator=gen) * 0.05)
     x = torch.rand(6, 3, 8, 8, generator=gen) * 0.2 + 0.4
     overshoot = 0.02
-    r = deepfool(model, x, overshoot=overshoot)
+    r = deepfool(model, x, overshoot=overshoot, round_to_8bit=False)  # the float solution is what the analytic oracle gives
     exact = _analytic_distance(model, x)
     assert bool(r.success.all())
     assert r.iterations == 1  # a linear model is solved in one step
@@ -56,6 +54,18 @@ def test_deepfool_lands_on_the_boundary_of_an_affine_model(classes: int) -> None
         assert r.backward_images == x.shape[0]  # the binary case needs one gradient per image
     else:
         assert r.backward_calls == 1 and r.backward_images == x.shape[0] * classes  # all classes in one batched backward
+
+
+def test_deepfool_rounded_onto_the_8bit_grid_still_fools_at_a_small_extra_cost() -> None:
+    """On 8-bit inputs, the default result lies on the 8-bit grid, fools the model, and costs little more than the float one."""
+    gen = torch.Generator().manual_seed(3)
+    model = Affine(torch.randn(6, 3 * 8 * 8, generator=gen) * 0.1, torch.randn(6, generator=gen) * 0.05)
+    x = ((torch.rand(16, 3, 8, 8, generator=gen) * 0.2 + 0.4) * 255).round() / 255
+    r = deepfool(model, x)
+    assert torch.equal((r.adversarial * 255).round() / 255, r.adversarial)  # on the grid: a PNG holds exactly this
+    assert bool(r.success.all())
+    assert bool((r.extra["grid_scale"] >= 1).all())  # rounding can move a pixel either way: the norm need not grow
+    assert float(r.l2.median()) <= 3 * float(r.extra["l2_unrounded"].median())
 
 
 def test_fgsm_on_a_linear_model_is_minus_eps_sign_w() -> None:

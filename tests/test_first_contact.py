@@ -155,7 +155,7 @@ def test_deepfool_on_the_nct_tumour_tile_saves_a_tile_that_fools(tmp_path: Path,
     model = load_model(device="cpu")
     with torch.no_grad():
         assert CLASSES[int(model(saved).argmax(1))] == report["pred_after"]  # the file on disk is what fools
-    assert report["extra"]["l2_unrounded"] <= report["norms"]["l2"] + 1e-6  # the price of rounding, reported
+    assert 0 < report["extra"]["l2_unrounded"] and report["norms"]["l2"] <= 3 * report["extra"]["l2_unrounded"]  # the price, reported
 
 
 def test_deepfool_keeps_its_float_solution_on_request(tmp_path: Path, capsys) -> None:

@@ -44,7 +44,9 @@ def _run_unit(spec: TargetSpec, unit: Unit) -> Outcome:
     torch.set_num_threads(int(os.environ.get("MEDFOOL_WORKER_THREADS", "1")))
     target = _TARGETS.get(spec.fingerprint)
     if target is None:
-        target = _TARGETS[spec.fingerprint] = spec.build("cuda" if spec.device.startswith("cuda") else "cpu")
+        from ..targets.rebuild import rebuild
+
+        target = _TARGETS[spec.fingerprint] = rebuild(spec, "cuda" if spec.device.startswith("cuda") else "cpu")
     try:
         return execute(unit, target)
     except Exception as exc:  # noqa: BLE001 - the unit's own failure travels back as data

@@ -26,7 +26,7 @@ from ..inputs.items import Item
 from ..inputs.slides import Grid, Slide, SlideError, Tissue, detect_tissue, file_sha256, prefetch, read_regions, tile_grid, tile_items
 from ..inputs.tiles import from_png_bytes
 from ..registry import spec as spec_of
-from ..targets.aggregate import AGGREGATORS, DEFAULT_K, MilHead, embed, embedding_module, flip_scan, slide_calls, smallest_flip
+from ..targets.aggregate import DEFAULT_K, MilHead, embed, embedding_module, flip_scan, slide_calls, smallest_flip
 from ..targets.target import Target
 from .engine import failure
 from .execute import PREDICT, execute
@@ -109,7 +109,8 @@ class SlideEngine:
             captured: list[torch.Tensor] = []
             hook = None
             if self.embed is not None and unit.attack == PREDICT:
-                hook = self.embed.register_forward_hook(lambda m, inp, out: captured.append(out.detach().flatten(1).float().cpu()))
+                hook = self.embed.register_forward_hook(
+                    lambda m, inp, out, keep=captured: keep.append(out.detach().flatten(1).float().cpu()))
             try:
                 outcome = execute(unit, target)
             except Exception as exc:  # noqa: BLE001 - recorded as the unit's failure, as the local engine does

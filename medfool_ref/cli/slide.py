@@ -174,7 +174,7 @@ def _print_calls(calls: dict[str, Any], prefix: str = "") -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    *_, pred, store, truth, doc = _predict(args, out)
+    *_, pred, _store, truth, doc = _predict(args, out)
     (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     _print_calls(pred.calls)
     if doc["mosaic"]:

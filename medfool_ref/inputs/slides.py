@@ -332,7 +332,10 @@ def tissue_score(rgb: np.ndarray, method: str) -> np.ndarray:
 
 
 def detect_tissue(slide: Slide, *, scale: float, method: str = "saturation") -> Tissue:
-    """Tissue on a read of the whole slide at ``scale`` level-0 pixels per pixel (at most MASK_SIDE a side)."""
+    """Tissue on a read of the whole slide at ``scale`` level-0 pixels per pixel (at most MASK_SIDE a side, read at the
+    best level in bounded chunks): the score above Otsu's threshold, the threshold kept within ``CLAMP`` (tissue's
+    saturation is broad, so on a slide of mostly tissue Otsu alone would split pale tissue off; on one of glass only,
+    it would split the glass)."""
     W, H = slide.dimensions
     scale = max(scale, max(W, H) / MASK_SIDE, 1.0)
     mw, mh = max(1, round(W / scale)), max(1, round(H / scale))
@@ -369,7 +372,7 @@ def _read_batch(items: Sequence[Item]) -> list[np.ndarray]:
     for path, idx in by_path.items():
         with Slide(path) as slide:
             for k in idx:
-                x, y, w, h, level, side = items[k].region  # type: ignore[misc]
+                x, y, w, h, level, _ = items[k].region  # type: ignore[misc]
                 slide.check_region(x, y, w, h)
                 if not 0 <= level < len(slide.level_downsamples):
                     raise SlideError(f"{path}: level {level} does not exist (the slide has {len(slide.level_downsamples)})")

@@ -190,9 +190,9 @@ def head_bytes(head: MilHead) -> bytes:
 
     m = head.module
     state = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-    meta = {"architecture": ARCHITECTURE, "dim": str(m.classifier.in_features), "hidden": str(m.V.out_features),
-            "thresholds": json.dumps(head.thresholds, sort_keys=True), "tile_model_fingerprint": str(head.tile_fingerprint)}
-    return save(state, metadata=meta)
+    meta = {"architecture": ARCHITECTURE, "dim": m.classifier.in_features, "hidden": m.V.out_features,
+            "thresholds": head.thresholds, "tile_model_fingerprint": head.tile_fingerprint}
+    return save(state, metadata={"medfool": json.dumps(meta, sort_keys=True)})  # one key: safetensors' header order is not fixed
 
 
 def load_mil(path: str | Path | None = None) -> MilHead:
@@ -205,11 +205,11 @@ def load_mil(path: str | Path | None = None) -> MilHead:
         raise MilError(f"{path}: no .safetensors attention head there (train one with `medfool slide train-mil`)")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+            meta = json.loads((fh.metadata() or {}).get("medfool", "{}"))
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise MilError(f"{path}: not a readable safetensors file ({exc})") from None
-    if meta.get("architecture") != ARCHITECTURE:
+    if not isinstance(meta, dict) or meta.get("architecture") != ARCHITECTURE:
         raise MilError(f"{path}: architecture {meta.get('architecture')!r} is not {ARCHITECTURE!r}")
     module = GatedAttention(int(meta["dim"]), int(meta["hidden"]))
     try:
@@ -219,7 +219,7 @@ def load_mil(path: str | Path | None = None) -> MilHead:
     card_path = path.with_suffix(".json")
     card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
     card.setdefault("tile_model_fingerprint", meta.get("tile_model_fingerprint"))
-    return MilHead(module.eval(), {**DEFAULT_THRESHOLDS, **json.loads(meta.get("thresholds", "{}"))}, card)
+    return MilHead(module.eval(), {**DEFAULT_THRESHOLDS, **meta.get("thresholds", {})}, card)
 
 
 # --------------------------------------------------------------------------- training (medfool slide train-mil)
@@ -405,7 +405,9 @@ tumour / not tumour. Written by `medfool slide train-mil` (deterministic: one CP
 {len(card['train_tiles'])} 224 px training-split tiles (the reference model's own training tiles). The pooling thresholds
 (max, mean, top-{card['top_k']} mean of P(tumour)) are the balanced-accuracy optimum on {c['calibration_bags']} other
 training bags; attention uses 0.5. Evaluation: {card['held_out_bags']['bags']} bags of the
-{len(card['held_out_tiles'])} held-out tiles (only two held-out tumour tiles exist, so these figures are coarse).
+{len(card['held_out_tiles'])} held-out tiles (only two held-out tumour tiles exist, so these figures are coarse). Specificity
+on them is low because the tile model itself calls several held-out non-tumour tiles tumour (its held-out accuracy is
+10/15) and a mosaic repeats each tile: every aggregator inherits the tile model's false positives.
 
 | aggregator | threshold | calibration (balanced accuracy) | held-out bags: accuracy | sensitivity | specificity |
 |---|---|---|---|---|---|

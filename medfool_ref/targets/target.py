@@ -87,46 +87,7 @@ class TargetSpec:
     weights: bytes = b""
     factory: str | None = None
     config: dict[str, Any] | None = None
-    module: Any = None
-
-    def build(self, device: str | torch.device | None = None) -> Target:
-        device = torch.device(device or self.device)
-        if self.kind == "reference":
-            from safetensors.torch import load
-
-            from .tilenet import TileClassifier, TileNet
-
-            state = load(self.weights)
-            width = int(state["net.features.0.weight"].shape[0])
-            model: nn.Module = TileClassifier(TileNet(len(self.classes), width), [0.0] * 3, [1.0] * 3, self.classes)
-            model.load_state_dict(state, strict=True)
-        elif self.kind == "user":
-            from safetensors.torch import load
-
-            from .user import AuditedModel, build
-
-            net = build(str(self.factory))
-            net.load_state_dict(load(self.weights), strict=True)
-            model = AuditedModel(net, _Config.of(self.config or {}))
-        else:
-            model = self.module
-        model = model.to(device).eval()
-        target = Target(model, self.classes, fingerprint(model), self.name, self.positive, self.threshold, self.config, self)
-        if target.fingerprint != self.fingerprint:
-            raise ValueError(f"the rebuilt model's weights differ from the driver's ({target.fingerprint[:12]} vs {self.fingerprint[:12]})")
-        return target
-
-
-class _Config:
-    """The validated config's fields as attributes again (a worker needs no pydantic)."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        for k, v in data.items():
-            setattr(self, k, _Config(v) if isinstance(v, dict) else v)
-
-    @staticmethod
-    def of(data: dict[str, Any]) -> Any:
-        return _Config(data)
+    module: Any = None  # rebuilt by :func:`medfool_ref.targets.rebuild.rebuild`
 
 
 def state_bytes(model: nn.Module) -> bytes:

@@ -39,7 +39,7 @@ class TrainConfig:
     colour_jitter: float = 0.15
     # The H&E augmentations below are off by default, so that every TrainConfig built without them
     # trains exactly as before (same random draws, same weights); the reference recipe switches
-    # on the ones that its cross-validated study kept (``training.reference.REFERENCE_CONFIG``).
+    # on the ones that its cross-validated study kept (``training.reference.reference_config``).
     stain_jitter: float = 0.0  # HED stain jitter: each stain's optical density x U(1-s, 1+s), + U(-0.4s, 0.4s)
     blur_sigma: float = 0.0  # Gaussian blur, sigma ~ U(0, blur_sigma) pixels per crop
     scale_jitter: float = 0.0  # zoom by a factor log-uniform in [1/(1+z), 1+z], at a random position

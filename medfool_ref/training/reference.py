@@ -349,27 +349,30 @@ def _verdict(card: dict) -> str:
     runs = cv["study"]
     base = next(r for r in runs if r["name"] == "baseline")
     others = [r for r in runs if r is not base]
-    rule = (f"The rule for changing the recipe: a setting replaces the baseline only if it beats it in the paired "
-            f"test at p < {KEEP_P:g} (uncorrected for testing {len(others)} settings, so a lenient bar); among "
+    rule = (f"The rule for changing the recipe: a setting replaces the baseline only if it beats it in the\n"
+            f"paired test at p < {KEEP_P:g} (uncorrected for testing {len(others)} settings, so a lenient bar); among\n"
             f"several, the one with the most correct tiles.")
     kept = next((r["name"] for r in runs if r["config"] == card["config"]), None)
     if kept == "baseline":
         above = [r["correct"] - base["correct"] for r in others]
         best = max(others, key=lambda r: (r["correct"], -_paired(r, base, cv)[2]))
         g, lo, pv = _paired(best, base, cv)
-        hint = (f"Every H&E setting scored above the baseline here (by {min(above)} to {max(above)} tiles), a hint "
-                f"that they help" if min(above) > 0 else f"The settings scored {min(above):+d} to {max(above):+d} tiles against the baseline")
-        return f"""**What was kept, and why.** {hint}, but none by more than the noise of 65 tiles and one
-training seed: the 95% intervals overlap widely, and the largest gain ({best['name']}: +{g} / -{lo} tiles) has
-p = {pv:.2f}. {rule} No setting meets it, so the reference recipe stays as it was, with the H&E
-augmentations off, and **the shipped weights were not retrained** for the study (same recipe, same
-sha256, same held-out predictions as before it). Each setting was tried at one strength only.
-The settings stay in `TrainConfig`, off by default, for experiments that want them.
+        hint = (f"Every H&E setting scored above the baseline here (by {min(above)} to {max(above)} tiles), a\nhint "
+                f"that they help" if min(above) > 0 else
+                f"The settings scored {min(above):+d} to {max(above):+d} tiles against the baseline")
+        return f"""**What was kept, and why.** {hint}, but none by more than the noise of 65 tiles and one training
+seed: the 95% intervals overlap widely, and the largest gain ({best['name']}: +{g} / -{lo} tiles) has
+p = {pv:.2f}.
+{rule} No setting meets it, so the reference recipe stays as it was, with the H&E augmentations off,
+and **the shipped weights were not retrained** for the study (same recipe, same sha256, same held-out
+predictions as before it). Each setting was tried at one strength only. The settings stay in
+`TrainConfig`, off by default, for experiments that want them.
 """
     if kept is None:
         return f"**What was kept.** The shipped weights' recipe is not one of the study's settings. {rule}\n"
     g, lo, pv = _paired(next(r for r in runs if r["name"] == kept), base, cv)
-    return f"""**What was kept, and why.** {rule} `{kept}` meets it (+{g} / -{lo} tiles against the baseline,
+    return f"""**What was kept, and why.**
+{rule} `{kept}` meets it (+{g} / -{lo} tiles against the baseline,
 p = {pv:.3f}), so the reference recipe (`medfool model train`) switches it on and the shipped weights
 were retrained with it; with 65 tiles and one training seed the size of the gain is still uncertain.
 """
