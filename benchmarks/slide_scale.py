@@ -6,10 +6,12 @@
 Rows, each measured in a fresh process (peak resident memory: the process's VmHWM; wall time of the work itself,
 after imports and model loading):
 
+- ``medfool baseline``: imports, the model and the plan only (no tile read): the memory the other medfool rows start from.
 - ``medfool tiles``: plan the slide (tissue on a low-resolution read, 224 px tiles at 0.5 um/px) and read every
   tissue tile through ``read_regions`` (the pool of reader threads), batch by batch: read + tissue check.
 - ``medfool predict``: the same through the campaign core with the reference model (``predict_slide``): read +
   tissue check + inference, results store included.
+- ``mosaic`` (in ``mosaic``): writing the 20,000 px mosaic itself, a pyramidal tiled TIFF streamed tile by tile.
 - ``histolab``: histolab's ``GridTiler`` (224 px at level 0, no overlap, ``tissue_percent=50``) over the whole slide
   (an all-true extraction mask, so its grid is ours), iterating its tile generator without saving PNGs: read +
   histolab's per-tile tissue check. histolab 0.7 pins numpy 1.24 / Pillow 10 / openslide-python 1.3, so it lives in
@@ -39,7 +41,15 @@ CMU1 = ROOT / "medfool_ref" / "data" / "slides" / "CMU-1-Small-Region.svs"
 CHILD = r'''
 import json, os, resource, sys, time
 mode, slide, out = sys.argv[1], sys.argv[2], sys.argv[3]
-if mode == "histolab":
+grid = None
+if mode == "mosaic":  # write the benchmark's mosaic (streamed, tile by tile): its time and peak memory
+    from medfool_ref.inputs.mosaic import CELL, parse_layout, write_mosaic
+
+    n = max(3, round(int(out) / CELL))
+    t0 = time.perf_counter()
+    truth = write_mosaic(slide, parse_layout(f"{n}x{n}", tumour=[f"{n // 3}:{n // 2},{n // 3}:{n // 2}"]), seed=0)
+    seconds, n = time.perf_counter() - t0, n * n
+elif mode == "histolab":
     import numpy as np
     from histolab.masks import BinaryMask
     from histolab.slide import Slide
@@ -55,7 +65,6 @@ if mode == "histolab":
     tiler = GridTiler(tile_size=(224, 224), level=0, check_tissue=True, tissue_percent=50.0, pixel_overlap=0)
     n = sum(1 for _ in tiler._tiles_generator(s, Whole()))
     seconds = time.perf_counter() - t0
-    grid = None
 else:
     import torch
     from medfool_ref.campaign.slide import plan_slide, predict_slide, thresholds_for
@@ -68,7 +77,9 @@ else:
     head = load_mil()
     t0 = time.perf_counter()
     plan = plan_slide(slide, target_mpp=0.5, side=224)
-    if mode == "tiles":
+    if mode == "baseline":  # imports, model and the plan only: what the other medfool rows start from
+        pass
+    elif mode == "tiles":
         for i in range(0, len(plan.items), 64):
             read_regions(plan.items[i:i + 64])
     else:
@@ -83,31 +94,30 @@ print(json.dumps({"tiles": n, "grid_tiles": grid, "seconds": seconds,
 '''
 
 
-def child(python: str, mode: str, slide: Path, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
+def child(python: str, mode: str, slide: Path, out: Path | str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    if isinstance(out, Path):
+        out.mkdir(parents=True, exist_ok=True)
     res = subprocess.run([python, "-c", CHILD, mode, str(slide), str(out)], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, **(env or {})})
+                         env={**os.environ, **(env or {})}, check=False)
     if res.returncode != 0:
         return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
     doc = json.loads(res.stdout.strip().splitlines()[-1])
-    doc["tiles_per_second"] = doc["tiles"] / doc["seconds"] if doc["seconds"] else None
+    doc["tiles_per_second"] = doc["tiles"] / doc["seconds"] if doc["seconds"] and mode != "baseline" else None
     return doc
 
 
 def make_mosaic(path: Path, side: int) -> dict[str, Any]:
-    from medfool_ref.inputs.mosaic import CELL, parse_layout, write_mosaic
-
-    n = max(3, round(side / CELL))
-    started = time.perf_counter()
-    truth = write_mosaic(path, parse_layout(f"{n}x{n}", tumour=[f"{n // 3}:{n // 2},{n // 3}:{n // 2}"]), seed=0)
-    return {"cells": f"{n}x{n}", "dimensions": truth["dimensions"], "file_mb": round(path.stat().st_size / 2**20, 1),
-            "write_seconds": round(time.perf_counter() - started, 1)}
+    """Write the mosaic in a fresh process (time, peak memory); or describe the one already there."""
+    row = child(sys.executable, "mosaic", path, str(side)) if not path.is_file() else {"note": "reused from an earlier run"}
+    truth = json.loads(path.with_suffix(".truth.json").read_text(encoding="utf-8"))
+    return {**row, "cells": f"{truth['layout']['rows']}x{truth['layout']['cols']}", "dimensions": truth["dimensions"],
+            "levels": len(truth["levels"]), "file_mb": round(path.stat().st_size / 2**20, 1)}
 
 
 def histolab_env(python: str) -> dict[str, str]:
     """LD_LIBRARY_PATH to openslide-bin's library inside histolab's environment (its openslide-python predates it)."""
     code = "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('openslide_bin').origin))"
-    res = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
     return {"LD_LIBRARY_PATH": res.stdout.strip()} if res.returncode == 0 else {}
 
 
@@ -122,7 +132,7 @@ def versions(histolab_python: str | None) -> dict[str, str]:
            "openslide-python": openslide.__version__, "tifffile": tifffile.__version__}
     if histolab_python:
         res = subprocess.run([histolab_python, "-c", "import histolab, numpy; print(histolab.__version__, numpy.__version__)"],
-                             capture_output=True, text=True, env={**os.environ, **histolab_env(histolab_python)})
+                             capture_output=True, text=True, env={**os.environ, **histolab_env(histolab_python)}, check=False)
         if res.returncode == 0:
             h, n = res.stdout.split()
             out.update({"histolab": h, "histolab's numpy": n})
@@ -139,17 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     mosaic = work / f"mosaic-{args.side}.tif"
-    mosaic_info = {"note": "reused"} if mosaic.is_file() else make_mosaic(mosaic, args.side)
+    mosaic_info = make_mosaic(mosaic, args.side)
+    print(json.dumps({"mosaic": mosaic_info}), flush=True)
     load = [os.getloadavg()[0]]
     rows = []
     for name, slide in (("CMU-1-Small-Region.svs", CMU1), (mosaic.name, mosaic)):
-        for mode in ("tiles", "predict", "histolab"):
+        for mode in ("baseline", "tiles", "predict", "histolab"):
             if mode == "histolab" and not args.histolab_python:
                 continue
             python = args.histolab_python if mode == "histolab" else sys.executable
             env = histolab_env(python) if mode == "histolab" else None
             r = child(python, mode, slide, work / f"{mode}-{slide.stem}", env)
-            rows.append({"slide": name, "implementation": {"tiles": "medfool tiles (read + tissue)", "predict":
+            rows.append({"slide": name, "implementation": {"baseline": "medfool baseline (imports, model, plan; no tiles read)",
+                         "tiles": "medfool tiles (read + tissue)", "predict":
                          "medfool predict (read + tissue + inference)", "histolab": "histolab GridTiler (read + tissue)"}[mode], **r})
             print(json.dumps(rows[-1]), flush=True)
     load.append(os.getloadavg()[0])

@@ -253,6 +253,16 @@ def test_predict_and_attack_write_back_an_attacked_slide(mosaic: Path, tmp_path:
     assert code == 0 and again.splitlines()[:-1] == stdout.splitlines()[:-1]  # resumed from the store: the same calls
 
 
+def test_the_shipped_slide_is_the_one_its_provenance_names() -> None:
+    import hashlib
+    import re
+
+    text = (CMU1.parent / "PROVENANCE.md").read_text()
+    want = re.search(r"^([0-9a-f]{64})\s+CMU-1-Small-Region\.svs$", text, re.M)
+    assert want and hashlib.sha256(CMU1.read_bytes()).hexdigest() == want.group(1)
+    assert "CC0" in text
+
+
 def test_info_and_mosaic_commands(tmp_path: Path, capsys) -> None:
     code, out, _ = run(capsys, "slide", "info", "sample:cmu-1")
     assert code == 0 and "aperio, 2220 x 2967 px at level 0, 0.499 um/px, objective 20x" in out

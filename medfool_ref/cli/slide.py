@@ -108,9 +108,12 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, float], A
         if not sep or name.strip() not in AGGREGATORS:
             raise UsageError(f"--threshold {pair!r}: expected AGGREGATOR=VALUE with AGGREGATOR one of {', '.join(AGGREGATORS)}")
         try:
-            overrides[name.strip()] = float(raw)
+            value = float(raw)
         except ValueError:
             raise UsageError(f"--threshold {pair}: {raw!r} is not a number") from None
+        if not 0 <= value <= 1:
+            raise UsageError(f"--threshold {pair}: a slide score is a probability; give a value in [0, 1]")
+        overrides[name.strip()] = value
     roi = _roi(args.roi) if args.roi else None
     plan = plan_slide(slide_path(args.slide), target_mpp=target_mpp, side=side, overlap=args.overlap, min_tissue=args.min_tissue,
                       mpp=args.mpp, roi=roi, method=args.tissue)
