@@ -169,12 +169,13 @@ def thresholds_for(target: Target, head: MilHead | None, overrides: dict[str, fl
 
 
 def predict_slide(plan: SlidePlan, target: Target, store: ResultsStore, *, head: MilHead | None, thresholds: dict[str, float],
-                  k: int = DEFAULT_K, batch_size: int = 64, resume: bool = False, progress: bool = True) -> Predictions:
+                  k: int = DEFAULT_K, batch_size: int = 64, resume: bool = False, progress: bool = True,
+                  engine: Any = None) -> Predictions:
     """The clean pass over the plan's tiles through the campaign core, then every aggregator's slide-level call."""
     head, _ = head_for(target, head)
     module = embedding_module(target.model) if head is not None else None
     units = predict_units(plan.items, batch_size)
-    run = run_campaign(units, target, store, engine=SlideEngine(embed=module), resume=resume, progress=progress,
+    run = run_campaign(units, target, store, engine=engine or SlideEngine(embed=module), resume=resume, progress=progress,
                        label="slide: tiles", meta={"slide": plan.path, "slide_sha256": plan.sha256})
     _checked(run)
     index = {it.id: n for n, it in enumerate(plan.items)}
@@ -315,7 +316,7 @@ def tile_goal(target: Target, attack: str, goal: str, candidates: str) -> tuple[
 def attack_slide(plan: SlidePlan, pred: Predictions, target: Target, store: ResultsStore, *, attack: str, params: dict[str, Any],
                  goal: str, order: np.ndarray, eligible: int, select: str, head: MilHead | None, thresholds: dict[str, float],
                  candidates: str = "called", k: int = DEFAULT_K, batch_size: int = 32, resume: bool = False,
-                 progress: bool = True) -> SlideAttack:
+                 progress: bool = True, engine: Any = None) -> SlideAttack:
     """Attack the tiles ``order`` through the campaign core (as :func:`tile_goal` says), then score every aggregator with
     them replaced and scan j = 0..K attacked tiles (the flip search)."""
     s = spec_of(attack)
@@ -331,8 +332,8 @@ def attack_slide(plan: SlidePlan, pred: Predictions, target: Target, store: Resu
                            label=f"slide {goal}")
     except PlanError as exc:
         raise SlideRunError(str(exc)) from None
-    run = run_campaign(units, target, store, engine=SlideEngine(), resume=resume, progress=progress, label=f"slide: {attack}",
-                       meta={"slide": plan.path, "slide_sha256": plan.sha256})
+    run = run_campaign(units, target, store, engine=engine or SlideEngine(), resume=resume, progress=progress,
+                       label=f"slide: {attack}", meta={"slide": plan.path, "slide_sha256": plan.sha256})
     _checked(run)
     where, fooled = {}, {}
     for u in store.units(keys=run.keys):

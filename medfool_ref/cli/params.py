@@ -112,3 +112,13 @@ def progress_bar(label: str) -> Callable[..., None]:
 
     update.close = bar.close  # type: ignore[attr-defined]
     return update
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (NaN and infinity are refused, as everywhere in medfool)."""
+    import argparse
+
+    try:
+        return _number(text)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None

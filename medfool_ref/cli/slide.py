@@ -16,7 +16,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .params import UsageError, coerce, parse_sets, progress_bar
+from .audit import add_engine_options, engine_from
+from .params import UsageError, coerce, finite, parse_sets, progress_bar
 
 SAMPLE_SLIDE = Path(__file__).resolve().parents[1] / "data" / "slides" / "CMU-1-Small-Region.svs"
 SAMPLE_CREDIT = "CMU-1-Small-Region.svs from the OpenSlide test data (Carnegie Mellon University), CC0"
@@ -94,6 +95,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, float], A
         raise UsageError("--batch-size must be >= 1")
     if args.top_k < 1:
         raise UsageError("--top-k must be >= 1")
+    args.engine_object = engine_from(args) if args.engine != "local" or args.ray_address else None
     target = _target(args)
     cfg = getattr(target, "config", None)
     target_mpp = (cfg.input.mpp if cfg is not None and cfg.input.mpp else 0.5)
@@ -154,7 +156,7 @@ def _predict(args: argparse.Namespace, out: Path) -> tuple[Any, ...]:
     store = ResultsStore(out)
     print(f"{Path(plan.path).name}: {len(plan.items)} of {plan.grid_tiles} tiles hold tissue; predicting with {target.name}", file=sys.stderr)
     pred = predict_slide(plan, target, store, head=head, thresholds=thresholds, k=args.top_k, batch_size=args.batch_size,
-                         resume=args.resume)
+                         resume=args.resume, engine=args.engine_object)
     truth = read_truth(plan.path)
     write_predictions(out / "predictions.csv", plan, pred, target.classes, truth=truth)
     figures = slide_figures(plan, pred, out, mosaic=truth is not None)
@@ -221,7 +223,7 @@ def run_attack_command(args: argparse.Namespace) -> int:
     print(f"attacking {len(order)} of {eligible} eligible tiles with {args.attack} (goal: {goal}, select: {args.select})", file=sys.stderr)
     a = attack_slide(plan, pred, target, store, attack=args.attack, params=params, goal=goal, order=order, eligible=eligible,
                      select=args.select, head=head, thresholds=thresholds, candidates=args.candidates, k=args.top_k,
-                     batch_size=args.batch_size, resume=args.resume)
+                     batch_size=args.batch_size, resume=args.resume, engine=args.engine_object)
     after = pred.p_tumour.copy()
     after[a.order] = a.p_tumour
     before_after_figure(plan, pred.p_tumour, after, a.order, out / "before-after.png", calls_before=pred.calls, calls_after=a.after,
@@ -357,9 +359,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help=".safetensors, or a state dict torch reads with weights_only=True")
     p.add_argument("--config", help="model.yaml (its input.mpp and input.size set the tiles; default 224 px at 0.5 um/px)")
     p.add_argument("--device", help="torch device (default: cuda when available)")
-    p.add_argument("--mpp", type=float, help="level-0 microns per pixel, for a slide that does not say (or to override it)")
+    p.add_argument("--mpp", type=finite, help="level-0 microns per pixel, for a slide that does not say (or to override it)")
     p.add_argument("--overlap", type=int, default=0, help="overlap between neighbouring tiles, in model pixels (default 0)")
-    p.add_argument("--min-tissue", type=float, default=0.5, help="the least tissue fraction a tile needs (default 0.5)")
+    p.add_argument("--min-tissue", type=finite, default=0.5, help="the least tissue fraction a tile needs (default 0.5)")
     p.add_argument("--tissue", default="saturation", choices=["saturation", "od"], help="tissue score thresholded by Otsu")
     p.add_argument("--roi", help="X,Y,W,H: only this level-0 region")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per unit (default 64)")
@@ -367,6 +369,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", action="append", metavar="AGG=VALUE", help="override an aggregator's threshold")
     p.add_argument("--mil", help="attention head (.safetensors; default the shipped one; 'none' to leave it out)")
     p.add_argument("--resume", action="store_true", help="reuse finished units from the output folder's results store")
+    add_engine_options(p)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -398,7 +401,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="tile attack parameter, e.g. --set eps=4/255")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--tiles", type=int, help="attack K tiles")
-    g.add_argument("--fraction", type=float, help="attack this fraction of the tissue tiles")
+    g.add_argument("--fraction", type=finite, help="attack this fraction of the tissue tiles")
     a.add_argument("--select", default="top-score", choices=["top-attention", "top-score", "random"],
                    help="which eligible tiles first (default top-score: highest P(tumour))")
     a.add_argument("--goal", default="auto", choices=["auto", "miss", "overcall"],
