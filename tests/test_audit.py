@@ -22,7 +22,7 @@ from medfool_ref.inputs.samples import TILE_ROOT, sample_tiles, split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "user_model"
 QUICK = ["--set", "apgd-ce.steps=10", "--set", "apgd-t.steps=10", "--set", "decision-apgd.steps=10", "--budgets", "2,8"]
-VOLATILE = {"date", "seconds", "engine"}
+VOLATILE = {"date", "seconds", "engine", "command"}
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -54,7 +54,11 @@ def _run_unit(spec: TargetSpec, unit: Unit) -> Outcome:
 
 
 class RayEngine:
-    """Runs units as Ray tasks; ``address`` None starts (or reuses) a local instance."""
+    """Runs units as Ray tasks.
+
+    ``address`` joins a running cluster; None joins ``$RAY_ADDRESS`` when it is set and otherwise starts a fresh
+    local instance (never a stale cluster recorded in ``/tmp/ray`` by an earlier ``ray start``).
+    """
 
     name = "ray"
 
@@ -71,10 +75,11 @@ class RayEngine:
         if ray.is_initialized():
             return
         env = {"env_vars": {"MEDFOOL_WORKER_THREADS": str(self.threads)}}
-        if self.address:
-            ray.init(address=self.address, runtime_env=env, log_to_driver=False)
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, runtime_env=env, log_to_driver=False)
         else:
-            ray.init(num_cpus=self.num_cpus, runtime_env=env, log_to_driver=False, include_dashboard=False)
+            ray.init(address="local", num_cpus=self.num_cpus, runtime_env=env, log_to_driver=False, include_dashboard=False)
 
     def run(self, units: Sequence[Unit], target: Target) -> Iterator[Outcome]:
         if not units:
