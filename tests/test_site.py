@@ -260,3 +260,14 @@ def test_a_recorded_result_is_stale_when_its_code_changes_and_a_fresh_one_wins(t
     run = read_run("patch", [fresh, recorded], "attacks/adversarial-patch.md")
     assert ("tiles attacked (those the reference model classifies correctly)", "9") in run.facts and not run.stale
     assert dict(result_files([fresh, recorded]))["results/patch/comparison.png"] == fresh / "patch" / "comparison.png"
+
+
+def test_the_histopathology_page_links_the_recorded_runs(built_site: Path) -> None:
+    """The shipped site has the Whole slides (and, once recorded, Audit) pages, and the H&E domain page links them."""
+    page = built_site / "domains" / "histopathology.html"
+    text = page.read_text(encoding="utf-8")
+    assert "Measured here" in text and 'href="../slides.html"' in text
+    if (built_site / "audit.html").is_file():
+        assert 'href="../audit.html"' in text
+    other = built_site / "domains" / "chest-xray.html"
+    assert "Measured here" not in other.read_text(encoding="utf-8")

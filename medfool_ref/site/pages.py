@@ -7,7 +7,7 @@ renders as text. Links are relative, so the built site also works from ``file://
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..catalog.cite import bibtex_of, format_text, public_entry
 from ..catalog.derive import (
@@ -216,13 +216,16 @@ def _longest_backticks(text: str) -> int:
     return best
 
 
-def domain_page(c: Catalog, did: str) -> Page:
+HE_DOMAIN = "histopathology"  # where medfool's own runs (sample tiles, audit, slides) are made
+
+
+def domain_page(c: Catalog, did: str, runs: Sequence[tuple[str, str]] = ()) -> Page:
     d = c.domains[did]
     here = page_uri("domain", did)
     papers = [pp.id for pp in c.papers.values() if did in pp.domains or any(did in x.domains for x in pp.demonstrates)]
     body = _html("domain.html", c, here, d=d, attacks=attacks_in_domain(c, did), paper_ids=papers,
                  scenarios=[s for s in (c.risk_model.scenarios if c.risk_model else []) if s.domain == did],
-                 datasets=[ds.id for ds in c.datasets.values() if ds.domain == did])
+                 datasets=[ds.id for ds in c.datasets.values() if ds.domain == did], runs=list(runs))
     return Page(here, d.name, body, tags=(did,))
 
 
@@ -269,13 +272,15 @@ def cite_page(c: Catalog) -> Page:
     return Page(here, "Cite and download", _html("cite.html", c, here, version=c.version, downloads=downloads))
 
 
-def all_pages(c: Catalog, results_dir: object = None, audit: dict | None = None) -> list[Page]:
+def all_pages(c: Catalog, results_dir: object = None, audit: dict | None = None,
+              runs: Sequence[tuple[str, str]] = ()) -> list[Page]:
+    """Every catalog page; ``runs`` are the recorded-run pages (uri, title) the H&E domain page links to."""
     pages = [home(c), table1_page(c), routes_page(c), risk_page(c), cite_page(c)]
     for kind in c.tables():
         pages.append(index_page(c, kind))
     pages += [attack_page(c, a, results_dir, audit) for a in c.attacks]
     pages += [paper_page(c, p) for p in c.papers]
-    pages += [domain_page(c, d) for d in sorted(c.domains, key=lambda d: c.domains[d].order)]
+    pages += [domain_page(c, d, runs if d == HE_DOMAIN else ()) for d in sorted(c.domains, key=lambda d: c.domains[d].order)]
     pages += [defence_page(c, d) for d in c.defences]
     pages += [dataset_page(c, d) for d in c.datasets]
     return pages

@@ -49,14 +49,15 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
             raise PluginError("medfool: the catalog is invalid:\n" + "\n".join(errors)) from None
         self.results_dirs = [base / d for d in (self.config.results, self.config.recorded) if d] or None
         self.audit_dir = base / self.config.audit if self.config.audit else None
-        self.pages = all_pages(self.catalog, self.results_dirs, read_audit(self.audit_dir))
-        items = nav(self.catalog)
         audit = audit_page(self.audit_dir, audit_stale(read_audit(self.audit_dir)))
+        self.slides_dir = base / self.config.slides if self.config.slides else None
+        slides = slides_page(self.slides_dir)
+        runs = [(pg.uri, pg.title) for pg in (audit, slides) if pg is not None]
+        self.pages = all_pages(self.catalog, self.results_dirs, read_audit(self.audit_dir), runs=runs)
+        items = nav(self.catalog)
         if audit is not None:
             self.pages.append(audit)
             items.insert(len(items) - 3, {"Audit": audit.uri})
-        self.slides_dir = base / self.config.slides if self.config.slides else None
-        slides = slides_page(self.slides_dir)
         if slides is not None:
             self.pages.append(slides)
             items.insert(len(items) - 3, {"Whole slides": slides.uri})
