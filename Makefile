@@ -27,11 +27,14 @@ $(RESULTS): $(VENV)/.installed $(wildcard medfool_ref/attacks/*.py medfool_ref/c
 	$(VENV)/bin/medfool results --out build/results
 	touch $@
 
-# the long experiments (universal patch, one-pixel, fooling images, BadNets, generative poisoning: about
-# 15 min on 2 cores), committed to docs/results/ with their provenance; the site marks them stale when
-# the code that made them changes
+# the long experiments, committed to docs/results/ with their provenance (about 25 min on 2 cores): the
+# universal patch, one-pixel, fooling images, APGD, BadNets and generative poisoning (8 min), the reference
+# model's audit on the sample tiles (the Audit page) and the whole-slide demo (the Whole slides page); the
+# site marks them stale when the code that made them changes, and tests/test_recorded.py reproduces them
 results: $(VENV)/.installed
 	$(VENV)/bin/medfool results --recorded --out docs/results
+	$(VENV)/bin/medfool audit --data sample --out docs/results/audit
+	$(VENV)/bin/medfool slide demo --out docs/results/slides
 
 serve: $(RESULTS)
 	$(VENV)/bin/medfool site --serve --addr $(ADDR)

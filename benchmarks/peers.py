@@ -12,7 +12,10 @@ Our side runs through the campaign core's :func:`run_attack`, the same call the 
 
 from __future__ import annotations
 
+import gc
+import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -62,10 +65,13 @@ class Row:
     backward_images: int | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    peak_mb: float | None = None  # memory above the start during one call (CUDA allocator, or resident set on the CPU)
+    images: int | None = None  # tiles attacked in one call (images per second = images / seconds)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d.update(d.pop("extra"))
+        d["images_per_s"] = round(self.images / self.seconds, 2) if self.images and self.seconds > 0 else None
         return d
 
 
@@ -74,19 +80,66 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakMemory:
+    """Peak memory above the start while the block runs: CUDA's allocator peak on a GPU, else the process's resident
+    set sampled every 2 ms by a thread (Linux ``/proc``). In MiB, in ``self.mb``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.mb = device, 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._base, self._peak = _rss_mb(), 0.0
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _rss_mb())
+            self._stop.wait(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.mb = max(0.0, max(self._peak, _rss_mb()) - self._base)
+
+
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1) -> tuple[float, Any]:
-    """Median wall time of ``repeats`` calls after ``warmup`` calls; returns (seconds, last output)."""
+    """Median wall time of ``repeats`` calls after ``warmup`` calls; returns (seconds, last output). The peak memory
+    of the first timed call (above what was held before it) is left in ``timed.peak_mb``."""
     out = None
     for _ in range(warmup):
         out = fn()
     times = []
-    for _ in range(repeats):
+    gc.collect()
+    for i in range(repeats):
         sync(device)
-        t = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
+        with PeakMemory(device) as peak:
+            t = time.perf_counter()
+            out = fn()
+            sync(device)
+            times.append(time.perf_counter() - t)
+        if i == 0:
+            timed.peak_mb = round(peak.mb, 1)
     return statistics.median(times), out
+
+
+timed.peak_mb = None  # type: ignore[attr-defined]
 
 
 @torch.no_grad()
@@ -116,7 +169,15 @@ def floor_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, passes: in
             loss = F.cross_entropy(model(xa), y)
             torch.autograd.grad(loss, xa)
 
-    return timed(run, device, repeats)[0]
+    seconds = timed(run, device, repeats)[0]
+    floor_seconds.peak_mb = timed.peak_mb  # type: ignore[attr-defined]
+    return seconds
+
+
+def floor_row(name: str, impl: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, passes: int, device: torch.device,
+              repeats: int) -> Row:
+    seconds = floor_seconds(model, x, y, passes, device, repeats)
+    return Row(name, impl, seconds, repeats, peak_mb=floor_seconds.peak_mb, images=x.shape[0])  # type: ignore[attr-defined]
 
 
 def _peer_rows(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, repeats: int,
@@ -128,7 +189,7 @@ def _peer_rows(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, de
         calls = repeats + 1
         q = quality(model, x, y, adv)
         rows.append(Row(name, impl, seconds, repeats, q["success_rate"], q["median_l2"], q["median_linf"],
-                        counter.forward_images // calls, counter.grad_images // calls))
+                        counter.forward_images // calls, counter.grad_images // calls, peak_mb=timed.peak_mb, images=x.shape[0]))
     return rows
 
 
@@ -137,7 +198,7 @@ def _ours(name: str, run: Callable[[], Any], model: nn.Module, x: torch.Tensor, 
     seconds, r = timed(run, device, repeats)
     q = quality(model, x, y, r.adversarial)
     return Row(name, impl, seconds, repeats, q["success_rate"], q["median_l2"], q["median_linf"],
-               r.forward_images, r.backward_images, note)
+               r.forward_images, r.backward_images, note, peak_mb=timed.peak_mb, images=x.shape[0])
 
 
 def bench_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, repeats: int, eps: float = 8 / 255) -> list[Row]:
@@ -156,7 +217,7 @@ def bench_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch
         "foolbox": lambda: fa(fmodel, x, y, epsilons=eps)[1],
         "art": lambda: art_fgm.generate(x.cpu().numpy(), y=y.cpu().numpy()),
     }, counter)
-    rows.append(Row("FGSM", "floor (1 forward+backward)", floor_seconds(model, x, y, 1, device, repeats), repeats))
+    rows.append(floor_row("FGSM", "floor (1 forward+backward)", model, x, y, 1, device, repeats))
     return rows
 
 
@@ -183,7 +244,7 @@ def bench_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
         "foolbox": lambda: fa(fmodel, x, y, epsilons=eps)[1],
         "art": lambda: art_pgd.generate(x.cpu().numpy(), y=y.cpu().numpy()),
     }, counter)
-    rows.append(Row("PGD", f"floor ({steps} forward+backward)", floor_seconds(model, x, y, steps, device, repeats), repeats))
+    rows.append(floor_row("PGD", f"floor ({steps} forward+backward)", model, x, y, steps, device, repeats))
     return rows
 
 
@@ -199,7 +260,9 @@ def bench_deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: t
     fa = fb.attacks.L2DeepFoolAttack(steps=steps, overshoot=overshoot, candidates=None)
     art_df = DeepFool(art_classifier(counter, x, 9), max_iter=steps, epsilon=overshoot, nb_grads=9, batch_size=x.shape[0],
                       verbose=False)
-    rows = [_ours("DeepFool", lambda: run_attack("deepfool", model, x, y, params={"overshoot": overshoot, "max_iter": steps}), model, x, y, device, repeats)]
+    rows = [_ours("DeepFool", lambda: run_attack("deepfool", model, x, y, params={"overshoot": overshoot, "max_iter": steps,
+                                                                                 "round_to_8bit": False}),
+                  model, x, y, device, repeats, note="float solution, as the peers give (the command line rounds onto 8 bits)")]
     rows += _peer_rows("DeepFool", model, x, y, device, repeats, {
         "torchattacks": lambda: ta(x, y),
         "foolbox": lambda: fa(fmodel, x, y, epsilons=None)[1],

@@ -3,6 +3,11 @@
     python -m benchmarks.run                      # every attack, on the default device
     python -m benchmarks.run --only pgd --only deepfool --tiles 8
     python -m benchmarks.run --device cuda --out benchmarks/results/peers-h100.json
+    python -m benchmarks.run --arch resnet50 --only fgsm --only pgd --only deepfool --tiles 4 --repeats 1
+
+``--arch`` (``benchmarks/archs.py``): ``tilenet`` (the reference model, the default), ``resnet50`` or ``vit_s16``
+in plain torch: random backbones with batch norm calibrated and the last layer fitted on the shipped tiles, attacked
+on the 224 px tiles they classify correctly (held-out accuracy in the results).
 
 Needs the peers: ``pip install -e '.[bench]'`` and ``pip install --no-deps torchattacks==3.5.1``
 (torchattacks pins an old ``requests`` and pulls torchvision, neither of which it imports).
@@ -24,10 +29,9 @@ import torch
 
 from medfool_ref.campaign.showcase import correct_batches
 from medfool_ref.inputs.samples import CLASSES
-from medfool_ref.targets.reference import load_model
 from medfool_ref.targets.target import module_target
 
-from . import peers
+from . import archs, peers
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("fgsm", "pgd", "deepfool", "one-pixel", "patch", "eot", "badnets")
@@ -53,11 +57,18 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def run(attacks: list[str], device: torch.device, n_tiles: int, repeats: int) -> dict[str, Any]:
-    model = load_model(device=device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x, y, names = tile_batch(model, device, n_tiles)
+def tile_batch_224(model: torch.nn.Module, device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The first ``n`` 224 px sample tiles ``model`` classifies correctly."""
+    batches = [b for b in correct_batches(module_target(model, CLASSES)) if b[0].shape[-1] == 224]
+    if not batches or batches[0][0].shape[0] < n:
+        raise SystemExit(f"error: the model gets fewer than {n} of the 224 px tiles right; ask for fewer with --tiles")
+    x, y, items = batches[0]
+    return x[:n], y[:n], [i.name for i in items[:n]]
+
+
+def run(attacks: list[str], device: torch.device, n_tiles: int, repeats: int, arch: str = "tilenet") -> dict[str, Any]:
+    model, fitted = archs.build(arch, device)
+    x, y, names = tile_batch(model, device, n_tiles) if arch == "tilenet" else tile_batch_224(model, device, n_tiles)
     target = CLASSES.index("NORM")
     rows: list[peers.Row] = []
     slow = max(1, repeats // 3)
@@ -82,12 +93,17 @@ def run(attacks: list[str], device: torch.device, n_tiles: int, repeats: int) ->
         same = [o for o in out_rows if o["attack"] == r["attack"] and _is_baseline(o["implementation"])]
         ours = min(same, key=lambda o: o["implementation"] == "medfool") if same else None  # early_stop=False first
         r["ratio_to_medfool"] = round(r["seconds"] / ours["seconds"], 3) if ours and ours["seconds"] > 0 else None
+        floor = [o for o in out_rows if o["attack"] == r["attack"] and o["implementation"].startswith("floor")]
+        r["ratio_to_floor"] = (round(r["seconds"] / floor[0]["seconds"], 3) if floor and floor[0]["seconds"] > 0
+                               and not r["implementation"].startswith("floor") else None)
     return {
         "date": dt.date.today().isoformat(),
         "machine": machine(device),
         "versions": {"medfool": version("medfool"), "torch": torch.__version__, **{p: version(p) for p in PEERS}},
         "tiles": {"count": int(x.shape[0]), "size_px": int(x.shape[-1]), "names": names},
-        "model": "reference TileNet (data/reference-model/tilenet.safetensors)",
+        "model": ("reference TileNet (data/reference-model/tilenet.safetensors)" if arch == "tilenet"
+                  else f"{arch} (benchmarks/archs.py): random backbone, batch norm and last layer fitted on the shipped tiles"),
+        "arch": arch, "parameters": archs.parameters(model), "fitted": fitted,
         "rows": out_rows,
     }
 
@@ -105,11 +121,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"Measured {result['date']} on {m.get('gpu') or m['machine']} ({m['device']}, {m['cpu_count']} CPUs, "
              f"{m['torch_threads']} torch threads); {result['tiles']['count']} sample tiles of {result['tiles']['size_px']} px; "
              + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + ".", "",
-             "| attack | implementation | seconds | peer / medfool | success | median L2 | median L∞ | fwd images | bwd images | note |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| attack | implementation | seconds | peer / medfool | / floor | images/s | peak MiB | success | median L2 | median L∞ | fwd images | bwd images | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         succ = "–" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
-        lines.append(f"| {r['attack']} | {r['implementation']} | {_fmt(r['seconds'])} | {_fmt(r['ratio_to_medfool'])} | {succ} | "
+        lines.append(f"| {r['attack']} | {r['implementation']} | {_fmt(r['seconds'])} | {_fmt(r['ratio_to_medfool'])} | {_fmt(r.get('ratio_to_floor'))} | "
+                     f"{_fmt(r.get('images_per_s'))} | {_fmt(r.get('peak_mb'))} | {succ} | "
                      f"{_fmt(r['median_l2'])} | {_fmt(r['median_linf'])} | {_fmt(r['forward_images'])} | {_fmt(r['backward_images'])} | {r['note']} |")
     return "\n".join(lines) + "\n"
 
@@ -118,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     ap.add_argument("--only", action="append", choices=ATTACKS, help="run only this attack (repeatable)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--arch", choices=archs.ARCHS, default="tilenet", help="the attacked architecture (default tilenet)")
     ap.add_argument("--tiles", type=int, default=16, help="number of initially-correct tiles (default 16)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (default 3)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers-cpu.json"))
@@ -128,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"error: the peer libraries are not installed ({exc}); see the module docstring", file=sys.stderr)
         return 2
-    result = run(args.only or list(ATTACKS), torch.device(args.device), args.tiles, args.repeats)
+    result = run(args.only or list(ATTACKS), torch.device(args.device), args.tiles, args.repeats, args.arch)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -1,14 +1,21 @@
 """The committed results of the long experiments (docs/results/, written by `make results`) are what today's
-code produces: each recorded configuration is re-run here at its committed budget (CPU runs are
-deterministic) and its figures compared with the committed ones; timings and machine names aside."""
+code produces: each recorded configuration is re-run here at its committed budget and its figures compared with
+the committed ones, timings and machine names aside.
+
+CPU runs are deterministic for one build of torch on one instruction set: on a machine with the recording's CPU
+capability (``provenance.cpu_capability``, e.g. AVX512) every figure must be equal (floats to 1e-9 relative). On
+another (AVX2, say), torch's kernels round differently, as on a GPU, and trained or evolved results drift; there
+the same structure is required and every rate and accuracy within 10 points of the committed one."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from medfool_ref.cli import main
 from medfool_ref.registry import SPECS, source_fingerprint
@@ -16,6 +23,8 @@ from medfool_ref.registry import SPECS, source_fingerprint
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = ROOT / "docs" / "results"
 VOLATILE = {"seconds", "machine", "device", "timing", "seconds_clean", "seconds_backdoored", "seconds_total", "forward_images_per_s"}
+RATE = re.compile(r"rate|accuracy|adversarial|success|grey|noise|^score$|confidence")
+DRIFT = 0.10  # the tolerance on rates across instruction sets
 
 
 def _committed(name: str) -> dict:
@@ -24,17 +33,27 @@ def _committed(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _same(a, b, where: str = "") -> None:
-    """Equal figures (floats to 1e-9 relative), volatile keys aside."""
+def _exact(prov: dict) -> bool:
+    """Whether this machine runs the kernels the recording ran (same torch build and CPU capability)."""
+    return (prov.get("cpu_capability") == torch.backends.cpu.get_cpu_capability()
+            and prov.get("machine", "").endswith(f"torch {torch.__version__}"))
+
+
+def _same(a, b, where: str = "", *, exact: bool = True, key: str = "") -> None:
+    """Equal figures (floats to 1e-9 relative), volatile keys aside; with ``exact`` False, equal structure and
+    every rate within ``DRIFT``."""
     if isinstance(a, dict):
         keys = (set(a) | set(b)) - VOLATILE
         assert set(a) - VOLATILE == set(b) - VOLATILE, (where, sorted(set(a) ^ set(b)))
         for k in sorted(keys):
-            _same(a[k], b[k], f"{where}.{k}")
+            _same(a[k], b[k], f"{where}.{k}", exact=exact, key=str(k))
     elif isinstance(a, list):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
+            _same(x, y, f"{where}[{i}]", exact=exact, key=key)
+    elif not exact:
+        if isinstance(a, (int, float)) and not isinstance(a, bool) and RATE.search(key) and b is not None:
+            assert abs(a - b) <= DRIFT, (where, a, b)
     elif isinstance(a, float) or isinstance(b, float):
         assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), (where, a, b)
     else:
@@ -45,7 +64,7 @@ def _same(a, b, where: str = "") -> None:
 def test_every_recorded_result_carries_its_provenance(name: str) -> None:
     doc = _committed(name)
     prov = doc["provenance"]
-    assert {"medfool", "code_sha256", "model_sha256", "machine", "date", "command"} <= set(prov)
+    assert {"medfool", "code_sha256", "model_sha256", "machine", "cpu_capability", "date", "command"} <= set(prov)
     assert prov["command"].startswith("medfool results")
     assert prov["code_sha256"] == source_fingerprint(name), f"{name}: recorded by other code than today's (stale): run `make results`"
 
@@ -54,7 +73,9 @@ def test_every_recorded_result_carries_its_provenance(name: str) -> None:
 def test_a_recorded_attack_reproduces_at_its_committed_budget(name: str, tmp_path: Path, capsys) -> None:
     assert main(["results", "--only", name, "--out", str(tmp_path)]) == 0
     capsys.readouterr()
-    _same(json.loads((tmp_path / name / "report.json").read_text())["summary"], _committed(name)["summary"], name)
+    committed = _committed(name)
+    fresh = json.loads((tmp_path / name / "report.json").read_text())["summary"]
+    _same(fresh, committed["summary"], name, exact=_exact(committed["provenance"]))
 
 
 def test_badnets_defaults_give_the_documented_figures(tmp_path: Path, capsys) -> None:
@@ -62,8 +83,70 @@ def test_badnets_defaults_give_the_documented_figures(tmp_path: Path, capsys) ->
     assert main(["poison", "badnets", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     m = json.loads((tmp_path / "report.json").read_text())["metrics"]
-    recorded = _committed("badnets")["summary"]["by_trigger"]["ink-mark"]
-    assert m["backdoored_model"]["attack_success_rate"] == pytest.approx(recorded["attack_success_rate"], rel=1e-9)
-    assert m["backdoored_model"]["clean_accuracy"] == pytest.approx(recorded["clean_accuracy_backdoored"], rel=1e-9)
-    assert m["clean_model"]["clean_accuracy"] == pytest.approx(recorded["clean_accuracy_clean_model"], rel=1e-9)
+    committed = _committed("badnets")
+    recorded = committed["summary"]["by_trigger"]["ink-mark"]
+    tol = {"rel": 1e-9} if _exact(committed["provenance"]) else {"abs": DRIFT}
+    assert m["backdoored_model"]["attack_success_rate"] == pytest.approx(recorded["attack_success_rate"], **tol)
+    assert m["backdoored_model"]["clean_accuracy"] == pytest.approx(recorded["clean_accuracy_backdoored"], **tol)
+    assert m["clean_model"]["clean_accuracy"] == pytest.approx(recorded["clean_accuracy_clean_model"], **tol)
     assert m["backdoored_model"]["attack_success_rate"] >= 0.55  # the README's floor for the defaults
+
+
+SLIDE_VOLATILE = {"provenance"}
+
+
+def test_the_recorded_slide_demo_carries_its_provenance_and_reproduces(tmp_path: Path, capsys) -> None:
+    """`medfool slide demo` (the Whole slides page) gives the committed summary figure for figure."""
+    from medfool_ref.site.slides import slide_code_sha256
+
+    committed = json.loads((RECORDED / "slides" / "summary.json").read_text())
+    prov = committed["provenance"]
+    assert {"medfool", "code_sha256", "machine", "cpu_capability", "date", "command"} <= set(prov)
+    assert prov["command"].startswith("medfool slide demo")
+    assert prov["code_sha256"] == slide_code_sha256(), "the slide demo was recorded by other code (stale): run `make results`"
+    assert main(["slide", "demo", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 0
+    capsys.readouterr()
+    fresh = json.loads((tmp_path / "out" / "summary.json").read_text())
+    _same({k: v for k, v in fresh.items() if k not in SLIDE_VOLATILE},
+          {k: v for k, v in committed.items() if k not in SLIDE_VOLATILE}, "slides", exact=_exact(prov))
+    for figure in committed["cmu1"]["figures"].values():
+        assert (RECORDED / "slides" / figure).is_file(), figure
+
+
+def test_the_comparison_is_exact_on_the_recording_kernels_and_bounded_elsewhere() -> None:
+    doc = {"success_rate": 0.5, "forward_images": 100, "label": "x"}
+    _same(doc, dict(doc))
+    with pytest.raises(AssertionError):
+        _same({**doc, "success_rate": 0.5 + 1e-6}, doc)
+    _same({**doc, "success_rate": 0.55, "forward_images": 180}, doc, exact=False)
+    with pytest.raises(AssertionError):
+        _same({**doc, "success_rate": 0.65}, doc, exact=False)
+    with pytest.raises(AssertionError):
+        _same({**doc, "extra": 1}, doc, exact=False)
+
+
+AUDIT_REPRODUCED = ("fgsm", "pgd", "deepfool")  # the battery's quick part; every attack's rows are independent of the others'
+
+
+def test_the_recorded_audit_carries_its_provenance_and_its_quick_rows_reproduce(tmp_path: Path, capsys) -> None:
+    """The Audit page's recorded audit (`medfool audit --data sample`): current code, and the FGSM, PGD and DeepFool rows
+    and the data section re-run figure for figure."""
+    from medfool_ref.registry import audit_fingerprint
+
+    committed = json.loads((RECORDED / "audit" / "report.json").read_text())
+    prov = committed["provenance"]
+    assert {"medfool", "code_sha256", "machine", "cpu_capability", "date", "command"} <= set(prov)
+    assert prov["command"].startswith("medfool audit --data sample --out docs/results/audit")
+    ran = sorted({a["attack"] for a in committed["attacks"]})
+    assert prov["code_sha256"] == audit_fingerprint(ran), "the audit was recorded by other code (stale): run `make results`"
+    assert (RECORDED / "audit" / "report.html").is_file()
+    out = tmp_path / "audit"
+    assert main(["audit", "--data", "sample", "--attacks", ",".join(AUDIT_REPRODUCED), "--out", str(out)]) == 0
+    capsys.readouterr()
+    fresh = json.loads((out / "report.json").read_text())
+    exact = _exact(prov)
+    _same({k: v for k, v in fresh["data"].items() if k != "source"},
+          {k: v for k, v in committed["data"].items() if k != "source"}, "audit.data", exact=exact)
+    rows = {a["id"]: a for a in committed["attacks"]}
+    for a in fresh["attacks"]:
+        _same(a, rows[a["id"]], f"audit.{a['id']}", exact=exact)

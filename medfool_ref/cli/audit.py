@@ -146,7 +146,8 @@ def _provenance(args: argparse.Namespace, probes: list[str], device: str, date: 
     if device.startswith("cuda") and torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name(0)}"
     return {"medfool": __version__, "code_sha256": audit_fingerprint(sorted({PROBES[p].attack for p in probes})),
-            "machine": machine, "device": device, "date": date, "command": getattr(args, "command_line", "medfool audit")}
+            "machine": machine, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device, "date": date,
+            "command": getattr(args, "command_line", "medfool audit")}
 
 
 def run_audit_command(args: argparse.Namespace) -> int:

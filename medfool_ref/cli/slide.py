@@ -141,7 +141,7 @@ def _provenance(args: argparse.Namespace) -> dict[str, Any]:
     from ..site.slides import slide_code_sha256
 
     return {"medfool": __version__, "code_sha256": slide_code_sha256(), "machine": f"{platform.machine()} {platform.system()}, "
-            f"{os.cpu_count()} CPUs, torch {torch.__version__}", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            f"{os.cpu_count()} CPUs, torch {torch.__version__}", "cpu_capability": torch.backends.cpu.get_cpu_capability(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "command": getattr(args, "command_line", "medfool slide")}
 
 

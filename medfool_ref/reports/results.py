@@ -184,8 +184,8 @@ def provenance(name: str, command: str, device: str) -> dict[str, Any]:
         machine += f", {torch.cuda.get_device_name(0)}"
     weights = PACKAGE / "data" / "reference-model" / "tilenet.safetensors"
     return {"medfool": __version__, "code_sha256": source_fingerprint(name), "model_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-            "machine": machine, "device": device, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": command}
+            "machine": machine, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command}
 
 
 def write_reports(store: ResultsStore, entries: dict[str, list[Entry]], names: list[str], classes: Classes, out: Path,
