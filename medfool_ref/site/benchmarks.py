@@ -15,7 +15,8 @@ from .html import Page, block
 from .render import render
 
 URI = "benchmarks.md"
-PEER_COLUMNS = ("seconds", "ratio_to_medfool", "success_rate", "median_l2", "median_linf", "forward_images", "backward_images")
+PEER_COLUMNS = ("seconds", "ratio_to_medfool", "ratio_to_floor", "images_per_s", "peak_mb", "success_rate", "median_l2", "median_linf",
+                "forward_images", "backward_images")
 SCALE_COLUMNS = ("entries_added", "validate_s", "export_s", "export_mb", "peak_rss_mb", "site_s", "site_pages")
 
 
@@ -52,6 +53,8 @@ def _peer_section(name: str, data: dict[str, Any]) -> dict[str, Any]:
             + [_pct(r.get(k)) if k == "success_rate" else _num(r.get(k)) for k in PEER_COLUMNS] + [str(r.get("note", ""))]
             for r in data.get("rows", [])]
     return {"name": name, "chart": f"benchmarks/{name}.svg", "where": m.get("gpu") or m.get("machine", "?"), "device": m.get("device", "?"),
+            "model": str(data.get("model") or "the reference model"), "arch": str(data.get("arch") or "tilenet"),
+            "fitted": data.get("fitted") if isinstance(data.get("fitted"), dict) else None,
             "date": data.get("date", "?"), "tiles": tiles.get("count", "?"), "size_px": tiles.get("size_px", "?"),
             "cpu_count": m.get("cpu_count", "?"), "torch_threads": m.get("torch_threads", "?"),
             "versions": ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items()), "rows": rows}
