@@ -12,9 +12,14 @@ TORCHATTACKS := torchattacks==3.5.1
 
 .PHONY: serve build test validate chromium clean bench results
 
+# torch first, pinned to the CPU build that installs in seconds (a bare `torch` would pull a multi-GB CUDA
+# build); on a GPU machine: make serve TORCH=torch (or any torch>=2.2 you already have in the venv)
+TORCH ?= torch==2.13.0
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet '$(TORCH)'
 	$(PY) -m pip install --quiet -e '.[dev,bench,ray]'
 	# torchattacks is a peer for the oracle tests and benchmarks; it pins requests~=2.25 (which
 	# mkdocs-material cannot use) and pulls torchvision (a second torch build) but imports neither

@@ -59,11 +59,18 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 def tile_batch_224(model: torch.nn.Module, device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The first ``n`` 224 px sample tiles ``model`` classifies correctly."""
-    batches = [b for b in correct_batches(module_target(model, CLASSES)) if b[0].shape[-1] == 224]
-    if not batches or batches[0][0].shape[0] < n:
+    from medfool_ref.inputs.samples import sample_tiles
+    from medfool_ref.inputs.tiles import read_tile
+
+    tiles = [t for t in sample_tiles() if read_tile(t.path).shape[-1] == 224]
+    x = torch.stack([read_tile(t.path) for t in tiles]).to(device)
+    y = torch.tensor([CLASSES.index(t.label) for t in tiles], device=device)
+    with torch.no_grad():
+        right = torch.cat([model(x[i:i + 8]).argmax(1) for i in range(0, len(x), 8)]) == y
+    if int(right.sum()) < n:
         raise SystemExit(f"error: the model gets fewer than {n} of the 224 px tiles right; ask for fewer with --tiles")
-    x, y, items = batches[0]
-    return x[:n], y[:n], [i.name for i in items[:n]]
+    keep = right.nonzero().squeeze(1)[:n]
+    return x[keep], y[keep], [tiles[int(i)].path.name for i in keep]
 
 
 def run(attacks: list[str], device: torch.device, n_tiles: int, repeats: int, arch: str = "tilenet") -> dict[str, Any]:

@@ -243,3 +243,17 @@ def test_usage_snippets_on_attack_pages_run(impl: str, capsys) -> None:
     code = python.replace('"tile.png"', repr(str(tile))).replace("generations=100", "generations=2")
     exec(compile(code, f"<usage of {impl}>", "exec"), {})
     assert "'attack'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("chunk,calls_per_iter", [(1, 4), (2, 2), (3, 2), (4, 1)])
+def test_deepfool_class_chunks_give_the_same_result_in_more_backward_calls(chunk: int, calls_per_iter: int) -> None:
+    """``class_chunk`` bounds the batched backward's memory without changing the solution."""
+    model = _small_cnn(3)
+    x = torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    whole = deepfool(model, x, round_to_8bit=False)
+    part = deepfool(model, x, round_to_8bit=False, class_chunk=chunk)
+    assert torch.allclose(part.adversarial, whole.adversarial, atol=1e-6)
+    assert torch.equal(part.success, whole.success)
+    assert part.backward_images == whole.backward_images  # the same class gradients, cut into calls
+    assert part.iterations == whole.iterations
+    assert part.backward_calls == whole.backward_calls + (calls_per_iter - 1) * whole.iterations

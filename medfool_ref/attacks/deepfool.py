@@ -14,6 +14,10 @@ undoes it. With ``round_to_8bit`` (the default) the result is an 8-bit image: wh
 solution no longer fools, the perturbation is scaled up by the smallest factor found on a batched
 geometric search that makes its rounding fool; ``l2_unrounded`` keeps the float solution's norm
 (the extra norm is the price of a savable tile). ``round_to_8bit=False`` returns the float solution.
+
+The batched backward holds one gradient per candidate class at once: k times the memory of one input gradient.
+``class_chunk`` bounds it, taking the class gradients that many at a time over the same graph (the same result,
+one backward call per chunk).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ._core import AttackResult, Progress, check_int, check_positive, finish, pr
 
 def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
              overshoot: float = 0.02, max_iter: int = 50, candidates: int | None = None, round_to_8bit: bool = True,
-             progress: Progress | None = None) -> AttackResult:
+             class_chunk: int | None = None, progress: Progress | None = None) -> AttackResult:
     """Untargeted minimal-L2 DeepFool. ``candidates`` limits the classes considered to the top ones of the clean logits."""
     check_positive("overshoot", overshoot, upper=1.0, allow_zero=True)
     check_int("max_iter", max_iter, low=1, high=10_000)
@@ -38,6 +42,9 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     if candidates is not None:
         check_int("candidates", candidates, low=2, high=n_classes)
     k = candidates or n_classes
+    if class_chunk is not None:
+        check_int("class_chunk", class_chunk, low=1, high=n_classes)
+    chunk = class_chunk or k
     # candidate classes per sample: the label first, then the top others by clean logit
     order = logits0.clone()
     order.scatter_(1, y[:, None], float("inf"))
@@ -71,9 +78,12 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
             w = g[:, None]  # (A, 1, C, H, W)
             f = diff[:, None]
         else:
-            seeds = eye[:, None, :].expand(k, sub.shape[0], k).contiguous()  # one backward row per candidate class
-            grads = counted.grad(sub, xa, grad_outputs=seeds, is_grads_batched=True)
-            grads = grads[:, still].transpose(0, 1)  # (A, k, C, H, W)
+            parts = []
+            for lo in range(0, k, chunk):  # one backward row per candidate class, ``chunk`` rows per call
+                hi = min(k, lo + chunk)
+                seeds = eye[lo:hi, None, :].expand(hi - lo, sub.shape[0], k).contiguous()
+                parts.append(counted.grad(sub, xa, grad_outputs=seeds, is_grads_batched=True, retain_graph=hi < k)[:, still])
+            grads = (parts[0] if len(parts) == 1 else torch.cat(parts)).transpose(0, 1)  # (A, k, C, H, W)
             w = grads[:, 1:] - grads[:, :1]
             f = sub[:, 1:] - sub[:, :1]
         w_norm = w.flatten(2).norm(dim=2).clamp_min(1e-12)  # (A, k-1)
