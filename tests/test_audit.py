@@ -19,6 +19,7 @@ from PIL import Image
 
 from medfool_ref.cli import main
 from medfool_ref.inputs.samples import TILE_ROOT, sample_tiles, split
+from reportdiff import stable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "user_model"
 QUICK = ["--set", "apgd-ce.steps=10", "--set", "apgd-t.steps=10", "--set", "decision-apgd.steps=10", "--budgets", "2,8"]
@@ -32,11 +33,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def _stable(doc):
-    if isinstance(doc, dict):
-        return {k: _stable(v) for k, v in doc.items() if k not in VOLATILE}
-    if isinstance(doc, list):
-        return [_stable(v) for v in doc]
-    return doc
+    return stable(doc, VOLATILE)
 
 
 @pytest.fixture(scope="module")

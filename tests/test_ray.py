@@ -19,6 +19,7 @@ from medfool_ref.campaign.ray_engine import RayEngine
 from medfool_ref.campaign.run import run_campaign
 from medfool_ref.campaign.store import ResultsStore
 from medfool_ref.targets.target import reference_target
+from reportdiff import stable
 
 EXE = Path(sys.executable).parent / "medfool"
 RAY = Path(sys.executable).parent / "ray"
@@ -26,11 +27,7 @@ VOLATILE = {"date", "seconds", "engine", "provenance"}
 
 
 def _stable(doc):
-    if isinstance(doc, dict):
-        return {k: _stable(v) for k, v in doc.items() if k not in VOLATILE}
-    if isinstance(doc, list):
-        return [_stable(v) for v in doc]
-    return doc
+    return stable(doc, VOLATILE)
 
 
 def _records(store: ResultsStore, keys: list[str]) -> list[dict]:
