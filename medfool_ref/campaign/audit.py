@@ -105,7 +105,7 @@ def _split(items: list[Item]) -> tuple[list[Item], list[Item]]:
 def run_audit(items: list[Item], target: Target, store: ResultsStore, *, probes: list[str] | None = None,
               linf: tuple[float, ...] = LINF_BUDGETS, l2: tuple[float, ...] = L2_BUDGETS, overrides: dict[str, dict[str, Any]] | None = None,
               batch_size: int = 32, resume: bool = False, progress: bool = True, engine: Engine | None = None) -> AuditPlan:
-    fp = target.fingerprint
+    fp = target.run_fingerprint
     chosen = [PROBES[p] for p in (probes or [p.id for p in BATTERY])]
     overrides = overrides or {}
     clean = [keyed(u, fp) for u in predict_units(items, batch_size)]

@@ -20,7 +20,7 @@ from .engine import Outcome, failure
 from .units import Unit
 
 INSTALL = "the Ray engine needs Ray: pip install 'medfool[ray]' (or: pip install 'ray[data]>=2.40,<3')"
-_TARGETS: dict[str, Target] = {}  # in each worker process: fingerprint -> the target built there
+_TARGETS: dict[str, Target] = {}  # in each worker process: run fingerprint -> the target built there
 
 
 class RayUnavailable(ImportError):
@@ -42,11 +42,14 @@ def _run_unit(spec: TargetSpec, unit: Unit) -> Outcome:
     from .execute import execute
 
     torch.set_num_threads(int(os.environ.get("MEDFOOL_WORKER_THREADS", "1")))
-    target = _TARGETS.get(spec.fingerprint)
+    from ..targets.precision import run_fingerprint
+
+    cache_key = run_fingerprint(spec.fingerprint, spec.precision, spec.channels_last)
+    target = _TARGETS.get(cache_key)
     if target is None:
         from ..targets.rebuild import rebuild
 
-        target = _TARGETS[spec.fingerprint] = rebuild(spec, "cuda" if spec.device.startswith("cuda") else "cpu")
+        target = _TARGETS[cache_key] = rebuild(spec, "cuda" if spec.device.startswith("cuda") else "cpu")
     try:
         return execute(unit, target)
     except Exception as exc:  # noqa: BLE001 - the unit's own failure travels back as data

@@ -34,7 +34,7 @@ def prepare_units(units: Sequence[Unit], target: Target) -> list[Unit]:
     """Key every unit with the target's fingerprint; a unit planned twice is run once."""
     seen: dict[str, Unit] = {}
     for u in units:
-        k = keyed(u, target.fingerprint)
+        k = keyed(u, target.run_fingerprint)
         seen.setdefault(k.key, k)
     return list(seen.values())
 
@@ -52,7 +52,8 @@ def run_campaign(units: Sequence[Unit], target: Target, store: ResultsStore, *, 
 
     def write(outcome: UnitOutcome | UnitFailure) -> None:
         if not store.exists:
-            store.set_meta(medfool=__version__, code=code_fingerprint(), target=target.name, model_fingerprint=target.fingerprint,
+            store.set_meta(medfool=__version__, code=code_fingerprint(), target=target.name, model_fingerprint=target.fingerprint, precision=target.precision,
+                           channels_last=target.channels_last,
                            classes=list(target.classes), engine=engine.name, machine=f"{platform.machine()} {platform.system()}",
                            **(meta or {}))
         store.put(outcome)

@@ -59,7 +59,7 @@ def entry_label(s: AttackSpec, params: Mapping[str, Any]) -> str:
 def correct_items(target: Target, store: ResultsStore, *, resume: bool, progress: bool = True) -> tuple[list[Item], CampaignRun]:
     """The sample tiles ``target`` classifies correctly, from a stored clean pass."""
     items = sample_items()
-    units = [keyed(u, target.fingerprint) for u in predict_units(items)]
+    units = [keyed(u, target.run_fingerprint) for u in predict_units(items)]
     run = run_campaign(units, target, store, resume=resume, progress=progress, label="clean pass")
     by_id = {r["item"]: r for r in store.items([u.key for u in units])}
     return [it for it in items if by_id[it.id]["pred_before"] == it.label], run
@@ -109,7 +109,7 @@ def plan(names: list[str], target: Target, correct: list[Item]) -> dict[str, lis
             else:
                 train, held = sample_split()
                 units = [training_unit(name, train, held, params=params, target=goal, label=label)]
-            fp = target.fingerprint
+            fp = target.run_fingerprint
             entries.append(Entry(label, params, [keyed(u, fp) for u in units], [keyed(u, fp) for u in control]))
         out[name] = entries
     return out

@@ -110,6 +110,16 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
 
 
 def _target(args: argparse.Namespace) -> Any:
+    from ..targets.precision import with_precision
+
+    target = _model_target(args)
+    try:
+        return with_precision(target, args.precision, args.channels_last)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _model_target(args: argparse.Namespace) -> Any:
     from ..targets.config import REFERENCE_CONFIG, ConfigError, load_config
     from ..targets.reference import ModelFileError, default_device
     from ..targets.target import reference_target
@@ -182,7 +192,8 @@ def run_audit_command(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     out = Path(args.out)
     store = ResultsStore(out)
-    print(f"auditing {target.name} on {len(data.items)} tiles ({len(data.skipped)} skipped) with {', '.join(probes)}", file=sys.stderr)
+    mode = "" if target.precision == "float32" and not target.channels_last else f" ({target.precision}{'+channels-last' if target.channels_last else ''})"
+    print(f"auditing {target.name}{mode} on {len(data.items)} tiles ({len(data.skipped)} skipped) with {', '.join(probes)}", file=sys.stderr)
     try:
         plan = run_audit(data.items, target, store, probes=probes, linf=linf, l2=l2, overrides=overrides, batch_size=args.batch_size,
                          resume=args.resume, engine=engine)
@@ -229,6 +240,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--fail-under", action="append", metavar="NAME@EPS=VALUE",
                    help="exit 3 when robust accuracy is below VALUE, e.g. worst_case@4/255=0.60 or pgd@8/255=0.5 (repeatable)")
     p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="bf16: the attacks' gradient passes under bfloat16 autocast, every reported prediction still in float32 "
+                        "(faster on GPUs and on CPUs with AVX512-BF16/AMX for CNNs; see the Benchmarks page)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory for convolutional models (faster for CNNs)")
     p.add_argument("--resume", action="store_true", help="continue from the output folder's results store")
     add_engine_options(p)
     p.add_argument("--schema", action="store_true", help="print the report's JSON Schema and exit")

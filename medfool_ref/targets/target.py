@@ -27,6 +27,15 @@ class Target:
     threshold: float | None = None  # positive when P(positive) >= threshold; None: when a positive class has the top score
     config: Any = None  # the validated model config, when one was given
     spec: TargetSpec | None = None  # how another process rebuilds this target (a cluster's workers)
+    precision: str = "float32"  # "bf16": the differentiated passes under bfloat16 autocast (targets.precision)
+    channels_last: bool = False
+
+    @property
+    def run_fingerprint(self) -> str:
+        """What units are keyed by: the weights' fingerprint, with the precision mode when it is not plain float32."""
+        from .precision import run_fingerprint
+
+        return run_fingerprint(self.fingerprint, self.precision, self.channels_last)
 
     @property
     def device(self) -> torch.device:
@@ -88,6 +97,8 @@ class TargetSpec:
     factory: str | None = None
     config: dict[str, Any] | None = None
     module: Any = None  # rebuilt by :func:`medfool_ref.targets.rebuild.rebuild`
+    precision: str = "float32"
+    channels_last: bool = False
 
 
 def state_bytes(model: nn.Module) -> bytes:

@@ -1,0 +1,76 @@
+"""How the gradient passes of an audit run: float32 (the default), bfloat16 autocast, channels-last memory.
+
+Mixed precision (Micikevicius et al., "Mixed precision training", ICLR 2018) in its bfloat16 form:
+:class:`Precision` runs the wrapped model under ``torch.autocast`` only while autograd records, that is in
+the forward passes an attack differentiates; every pass without gradients (the clean pass, the attacks'
+final checks, the scoring of each adversarial in float and on the 8-bit grid) runs in float32. So a
+bf16 audit crafts its adversarials with cheaper gradients and judges every one of them on the float32
+model: a success it reports is a success of the model as deployed. Logits leave the wrapper in float32.
+
+Channels-last stores images and convolution weights as (N, H, W, C), which oneDNN and cuDNN convolve
+faster; it changes nothing for a model without 4-D convolutions but the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+PRECISIONS = ("float32", "bf16")
+
+
+class Precision(nn.Module):
+    """``model`` with its differentiated forward passes under bf16 autocast and/or its inputs in channels-last."""
+
+    def __init__(self, model: nn.Module, *, precision: str = "float32", channels_last: bool = False) -> None:
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        self.inner = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.precision = precision
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "float32" or not torch.is_grad_enabled():
+            return self.inner(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = self.inner(x)
+        return out.float()
+
+
+def mode_name(precision: str, channels_last: bool) -> str:
+    return precision + ("+channels-last" if channels_last else "")
+
+
+def run_fingerprint(weights: str, precision: str, channels_last: bool) -> str:
+    """The key units are filed under: the weights' hash alone in float32, else the hash with the mode (never mixed up)."""
+    if precision == "float32" and not channels_last:
+        return weights
+    return hashlib.sha256(f"{weights}|{mode_name(precision, channels_last)}".encode()).hexdigest()
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """A clear refusal where bf16 cannot run (a GPU without bfloat16 support)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; use float32")
+
+
+def with_precision(target, precision: str = "float32", channels_last: bool = False):  # type: ignore[no-untyped-def]
+    """``target`` whose model runs in ``precision`` (and channels-last); its weights' fingerprint is unchanged."""
+    check_precision(precision, target.device)
+    if precision == "float32" and not channels_last:
+        return target
+    if target.precision != "float32" or target.channels_last:
+        raise ValueError("the target already has a precision mode")
+    target.model = Precision(target.model, precision=precision, channels_last=channels_last)
+    target.precision, target.channels_last = precision, channels_last
+    if target.spec is not None:
+        target.spec = replace(target.spec, precision=precision, channels_last=channels_last)
+    return target
