@@ -2,6 +2,7 @@
 
     python -m benchmarks.slide_scale                               # CMU-1 small region and a 20,000 px mosaic
     python -m benchmarks.slide_scale --side 20000 --work /tmp/wsi --histolab-python /tmp/histolab-venv/bin/python
+    python -m benchmarks.slide_scale --arch resnet50 --arch vit_s16     # predict on CMU-1 per architecture
 
 Rows, each measured in a fresh process (peak resident memory: the process's VmHWM; wall time of the work itself,
 after imports and model loading):
@@ -12,6 +13,8 @@ after imports and model loading):
 - ``medfool predict``: the same through the campaign core with the reference model (``predict_slide``): read +
   tissue check + inference, results store included.
 - ``mosaic`` (in ``mosaic``): writing the 20,000 px mosaic itself, a pyramidal tiled TIFF streamed tile by tile.
+- ``medfool predict, <arch>`` (``--arch resnet50``, ``--arch vit_s16``): the predict row on CMU-1 with a benchmark
+  architecture of ``benchmarks/archs.py`` (224 px input; no MIL head, which belongs to the reference model).
 - ``histolab``: histolab's ``GridTiler`` (224 px at level 0, no overlap, ``tissue_percent=50``) over the whole slide
   (an all-true extraction mask, so its grid is ours), iterating its tile generator without saving PNGs: read +
   histolab's per-tile tissue check. histolab 0.7 pins numpy 1.24 / Pillow 10 / openslide-python 1.3, so it lives in
@@ -73,8 +76,15 @@ else:
     from medfool_ref.targets.aggregate import load_mil
     from medfool_ref.targets.target import reference_target
 
-    target = reference_target(device="cpu")
-    head = load_mil()
+    arch = os.environ.get("MEDFOOL_BENCH_ARCH", "tilenet")
+    if arch == "tilenet":
+        target, head = reference_target(device="cpu"), load_mil()
+    else:  # a benchmark architecture (fitted before the clock starts); the MIL head belongs to the reference model
+        from benchmarks.archs import build
+        from medfool_ref.inputs.samples import CLASSES
+        from medfool_ref.targets.target import module_target
+
+        target, head = module_target(build(arch, torch.device("cpu"))[0], CLASSES, arch), None
     t0 = time.perf_counter()
     plan = plan_slide(slide, target_mpp=0.5, side=224)
     if mode == "baseline":  # imports, model and the plan only: what the other medfool rows start from
@@ -139,15 +149,42 @@ def versions(histolab_python: str | None) -> dict[str, str]:
     return out
 
 
+def per_arch(args: argparse.Namespace, work: Path) -> int:
+    """The predict row on CMU-1 for the reference model and each ``--arch``, in one run: the pipeline's throughput per model."""
+    import shutil
+
+    rows = []
+    for arch in ["tilenet", *args.arch]:
+        shutil.rmtree(work / f"predict-{arch}", ignore_errors=True)
+        r = child(sys.executable, "predict", CMU1, work / f"predict-{arch}", {"MEDFOOL_BENCH_ARCH": arch})
+        rows.append({"slide": CMU1.name, "arch": arch, "implementation": "medfool predict (read + tissue + inference)", **r})
+        print(json.dumps(rows[-1]), flush=True)
+    out = args.out if args.out != str(ROOT / "benchmarks" / "results" / "slide-scale-cpu.json") else \
+        str(ROOT / "benchmarks" / "results" / "slide-scale-archs-cpu.json")
+    doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "machine": {"machine": f"{platform.machine()} {platform.system()}", "cpu_count": os.cpu_count()},
+           "versions": versions(None), "command": "python -m benchmarks.slide_scale " + " ".join(sys.argv[1:]),
+           "grid": "224 px tiles at 0.5 um/px, no overlap, level 0, >= 50% tissue; batches of 64 on the CPU; the benchmark "
+                   "architectures' backbones are random with batch norm and head fitted on the shipped tiles (no MIL head)",
+           "rows": rows}
+    Path(out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--side", type=int, default=20000, help="side of the mosaic in level-0 pixels (default 20000)")
     p.add_argument("--work", default="/tmp/medfool-slide-scale", help="folder for the mosaic and the stores")
     p.add_argument("--histolab-python", help="a python with histolab installed (its own virtual environment)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "slide-scale-cpu.json"))
+    p.add_argument("--arch", action="append", choices=("resnet50", "vit_s16"),
+                   help="also run 'predict' on CMU-1 with this benchmark architecture (repeatable; max, mean and top-k calls)")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.arch:
+        return per_arch(args, work)
     mosaic = work / f"mosaic-{args.side}.tif"
     mosaic_info = make_mosaic(mosaic, args.side)
     print(json.dumps({"mosaic": mosaic_info}), flush=True)

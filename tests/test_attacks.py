@@ -245,13 +245,20 @@ def test_usage_snippets_on_attack_pages_run(impl: str, capsys) -> None:
     assert "'attack'" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("chunk,calls_per_iter", [(1, 4), (2, 2), (3, 2), (4, 1)])
-def test_deepfool_class_chunks_give_the_same_result_in_more_backward_calls(chunk: int, calls_per_iter: int) -> None:
-    """``class_chunk`` bounds the batched backward's memory without changing the solution."""
+@pytest.mark.parametrize("chunk,budget_mb,calls_per_iter", [
+    (1, None, 4), (2, None, 2), (3, None, 2), (4, None, 1),
+    (None, 1e-6, 4),  # no budget to speak of: one class at a time
+    (None, 1e4, 1),  # everything fits: all four at once, the speed kept
+    (None, None, 1),  # the default budget (half the free memory) holds a small model's gradients
+])
+def test_deepfool_class_chunks_give_the_same_result_in_more_backward_calls(chunk: int | None, budget_mb: float | None,
+                                                                           calls_per_iter: int) -> None:
+    """``class_chunk`` (or the chunk a memory budget allows) bounds the batched backward's memory without changing the solution."""
     model = _small_cnn(3)
     x = torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(1))
-    whole = deepfool(model, x, round_to_8bit=False)
-    part = deepfool(model, x, round_to_8bit=False, class_chunk=chunk)
+    whole = deepfool(model, x, round_to_8bit=False, class_chunk=4)
+    part = deepfool(model, x, round_to_8bit=False, class_chunk=chunk, memory_budget_mb=budget_mb)
+    assert part.extra["class_chunk"] == (chunk if chunk is not None else 1 if calls_per_iter == 4 else 4)
     assert torch.allclose(part.adversarial, whole.adversarial, atol=1e-6)
     assert torch.equal(part.success, whole.success)
     assert part.backward_images == whole.backward_images  # the same class gradients, cut into calls

@@ -90,3 +90,46 @@ def test_a_bf16_audit_reports_its_mode_judges_in_float32_and_never_reuses_float3
     for a, b in zip(f32["attacks"], bf["attacks"]):  # bf16 gradients still fool the float32 model (real tiles, PGD 8/255)
         assert b["budgets"][0]["success_rate"] >= a["budgets"][0]["success_rate"] - 0.25, (a["id"], a["budgets"], b["budgets"])
         assert b["budgets"][0]["success_rate"] > 0.5
+
+
+class _Liar(nn.Module):
+    """The reference model whose differentiated passes claim every tile reads as ADI (the no-gradient pass is honest)."""
+
+    def __init__(self, model: nn.Module, flagged: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.approximate_gradients = flagged
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        if torch.is_grad_enabled():
+            z = z + 50.0 * torch.nn.functional.one_hot(torch.tensor(0), z.shape[1]).to(z)
+        return z
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+def test_an_early_stop_on_an_approximate_pass_is_confirmed_before_the_tile_is_frozen(attack: str) -> None:
+    from medfool_ref.attacks import pgd
+    from medfool_ref.attacks.apgd import apgd
+    from medfool_ref.campaign.showcase import correct_batches
+    from medfool_ref.inputs.samples import CLASSES
+    from medfool_ref.targets.reference import load_model
+
+    model = load_model()
+    x, y, _ = max(correct_batches(module_target_of(model)), key=lambda b: b[0].shape[0])
+    keep = y != CLASSES.index("ADI")
+    x, y = x[keep][:8], y[keep][:8]
+    fn = pgd if attack == "pgd" else apgd
+    honest = fn(model, x, y, eps=8 / 255, steps=10)
+    fooled_by_the_lie = fn(_Liar(model, flagged=False), x, y, eps=8 / 255, steps=10)
+    confirmed = fn(_Liar(model, flagged=True), x, y, eps=8 / 255, steps=10)
+    assert fooled_by_the_lie.iterations <= 1  # every tile frozen at once (APGD: at its start) on a success that is not one
+    assert int(fooled_by_the_lie.success.sum()) < int(honest.success.sum())
+    assert confirmed.iterations > 1 and int(confirmed.success.sum()) >= int(honest.success.sum()) - 1 >= 4
+
+
+def module_target_of(model: nn.Module):  # type: ignore[no-untyped-def]
+    from medfool_ref.inputs.samples import CLASSES
+    from medfool_ref.targets.target import module_target
+
+    return module_target(model, CLASSES)

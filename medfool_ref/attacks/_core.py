@@ -186,6 +186,22 @@ def is_success(pred: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | 
     return pred == target if target is not None else pred != labels
 
 
+def confirmed(counted: CountingModel, adv: torch.Tensor, ok: torch.Tensor, labels: torch.Tensor,
+              target: torch.Tensor | None) -> torch.Tensor:
+    """``ok`` (success read off a differentiated pass), re-checked by a pass without gradients where those two can
+    disagree: a model flagged ``approximate_gradients`` (bf16 autocast on the differentiated passes only). Otherwise
+    ``ok`` as it is, at no cost. Early stopping uses it, so a sample is never frozen on a success the model's own
+    float32 pass would refuse."""
+    if not getattr(counted.model, "approximate_gradients", False) or not bool(ok.any()):
+        return ok
+    idx = ok.nonzero().squeeze(1)
+    with torch.no_grad():
+        pred = counted(adv[idx].detach()).argmax(1)
+    out = ok.clone()
+    out[idx] = is_success(pred, labels[idx], None if target is None else target[idx])
+    return out
+
+
 def finish(name: str, counted: CountingModel, clean: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor,
            target: torch.Tensor | None, clean_logits: torch.Tensor, iterations: int, started: float,
            params: dict[str, Any], extra: dict[str, Any] | None = None) -> AttackResult:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import AttackResult, CountingModel, Progress, check_choice, check_int, check_positive, finish, prepare, seeded_generator
+from ._core import AttackResult, CountingModel, Progress, check_choice, check_int, check_positive, confirmed, finish, prepare, seeded_generator
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "dlr")
@@ -84,7 +84,7 @@ def _run(counted: CountingModel, x: torch.Tensor, y: torch.Tensor, t: torch.Tens
         g = counted.grad(li.sum(), xa)
         pred = logits.detach().argmax(1)
         ok = pred == t[idx] if t is not None else pred != y[idx]
-        return li.detach(), g, ok
+        return li.detach(), g, confirmed(counted, xa, ok, y[idx], None if t is None else t[idx])
 
     everyone = torch.arange(b, device=x.device)
     adv = start.clone()

@@ -15,14 +15,17 @@ solution no longer fools, the perturbation is scaled up by the smallest factor f
 geometric search that makes its rounding fool; ``l2_unrounded`` keeps the float solution's norm
 (the extra norm is the price of a savable tile). ``round_to_8bit=False`` returns the float solution.
 
-The batched backward holds one gradient per candidate class at once: k times the memory of one input gradient.
-``class_chunk`` bounds it, taking the class gradients that many at a time over the same graph (the same result,
-one backward call per chunk).
+The batched backward holds one gradient per candidate class at once: about k times the activation memory of one
+backward. ``class_chunk`` bounds it, taking the class gradients that many at a time over the same graph (the same
+result, one backward call per chunk). Left unset, the chunk is chosen per iteration: all k classes when k times the
+bytes the forward saved for the backward fit ``memory_budget_mb`` (default: half the device's free memory, read at
+the call), else the most that fit (at least one); ``extra["class_chunk"]`` reports the smallest chunk used.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,7 +35,7 @@ from ._core import AttackResult, Progress, check_int, check_positive, finish, pr
 
 def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
              overshoot: float = 0.02, max_iter: int = 50, candidates: int | None = None, round_to_8bit: bool = True,
-             class_chunk: int | None = None, progress: Progress | None = None) -> AttackResult:
+             class_chunk: int | None = None, memory_budget_mb: float | None = None, progress: Progress | None = None) -> AttackResult:
     """Untargeted minimal-L2 DeepFool. ``candidates`` limits the classes considered to the top ones of the clean logits."""
     check_positive("overshoot", overshoot, upper=1.0, allow_zero=True)
     check_int("max_iter", max_iter, low=1, high=10_000)
@@ -44,7 +47,11 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     k = candidates or n_classes
     if class_chunk is not None:
         check_int("class_chunk", class_chunk, low=1, high=n_classes)
-    chunk = class_chunk or k
+    if memory_budget_mb is not None:
+        check_positive("memory_budget_mb", memory_budget_mb)
+    budget = memory_budget_mb * 2**20 if memory_budget_mb is not None else _free_bytes(x.device) / 2
+    per_sample: float | None = None  # bytes the forward saves for the backward, per sample (measured once)
+    smallest = k
     # candidate classes per sample: the label first, then the top others by clean logit
     order = logits0.clone()
     order.scatter_(1, y[:, None], float("inf"))
@@ -56,7 +63,18 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     eye = torch.eye(k, device=x.device)
     for i in range(max_iter):
         xa = adv[active].clone().requires_grad_(True)
-        logits = counted(xa)
+        if class_chunk is None and k > 2 and per_sample is None:
+            saved = [0]
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                saved[0] += t.numel() * t.element_size()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                logits = counted(xa)
+            per_sample = saved[0] / max(1, xa.shape[0])
+        else:
+            logits = counted(xa)
         still = logits.argmax(1) == y[active]
         if not bool(still.any()):
             # confirm on the whole batch, as the result is judged: limited precision (TF32 convolutions on
@@ -78,6 +96,8 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
             w = g[:, None]  # (A, 1, C, H, W)
             f = diff[:, None]
         else:
+            chunk = class_chunk or _fitting_chunk(k, budget, (per_sample or 0.0) * int(still.sum()))
+            smallest = min(smallest, chunk)
             parts = []
             for lo in range(0, k, chunk):  # one backward row per candidate class, ``chunk`` rows per call
                 hi = min(k, lo + chunk)
@@ -108,6 +128,7 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     if scale is not None:
         result.extra["l2_unrounded"] = l2_float
         result.extra["grid_scale"] = scale
+    result.extra["class_chunk"] = class_chunk or smallest
     x_norm = x.flatten(1).norm(dim=1).clamp_min(1e-12)
     rho = result.l2 / x_norm
     result.extra["rho_mean"] = float(rho[ok].mean()) if bool(ok.any()) else None
@@ -115,3 +136,23 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     result.extra["rho"] = rho
     return result
 
+
+
+def _fitting_chunk(k: int, budget: float, bytes_per_class: float) -> int:
+    """All ``k`` class gradients at once when they fit the budget, else as many as fit (at least one)."""
+    if bytes_per_class <= 0 or k * bytes_per_class <= budget:
+        return k
+    return max(1, min(k, int(budget // bytes_per_class)))
+
+
+def _free_bytes(device: torch.device) -> float:
+    """Free memory of ``device``: the CUDA allocator's view, or the system's available memory (Linux); inf if unknown."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import AttackResult, CountingModel, Progress, check_choice, check_int, check_positive, finish, is_success, prepare, seeded_generator
+from ._core import (AttackResult, CountingModel, Progress, check_choice, check_int, check_positive, confirmed, finish, is_success, prepare,
+                    seeded_generator)
 
 NORMS = ("linf", "l2")
 
@@ -82,7 +83,7 @@ def _pgd_linf(counted: CountingModel, x: torch.Tensor, adv: torch.Tensor, y: tor
         logits = counted(xa)
         keep = None
         if early_stop:
-            done = is_success(logits.argmax(1), cur_y, cur_t)
+            done = confirmed(counted, cur, is_success(logits.argmax(1), cur_y, cur_t), cur_y, cur_t)
             if bool(done.any()):
                 out[idx[done]] = cur[done]  # frozen where it first fools the model
                 keep = ~done
@@ -148,7 +149,8 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = No
             xa = (x[active] + delta[active]).requires_grad_(True)
             logits = counted(xa)
             if early_stop:
-                done = is_success(logits.argmax(1), y[active], t[active] if t is not None else None)
+                ta = t[active] if t is not None else None
+                done = confirmed(counted, xa, is_success(logits.argmax(1), y[active], ta), y[active], ta)
                 if bool(done.all()):
                     break
             loss = F.cross_entropy(logits, goal[active], reduction="sum")

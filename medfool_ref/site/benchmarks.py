@@ -1,7 +1,10 @@
 """The Benchmarks page, rendered from the committed result files in ``benchmarks/results/``.
 
 ``peers-*.json`` are written by ``python -m benchmarks.run`` (medfool against torchattacks, Foolbox
-and ART, side by side in one run); ``catalog-scale.json`` by ``python -m benchmarks.catalog_scale``.
+and ART, side by side in one run); ``catalog-scale.json`` by ``python -m benchmarks.catalog_scale``;
+``precision-*.json`` by ``python -m benchmarks.precision`` (the audit in float32, bf16, channels-last);
+``compile-*.json`` by ``python -m benchmarks.compile_trial``; ``slide-scale-archs-*.json`` by
+``python -m benchmarks.slide_scale --arch ...``.
 The files are data, not markup: ``benchmarks.html`` escapes every value.
 """
 
@@ -32,7 +35,7 @@ def _pct(v: Any) -> str:
 
 def charts(folder: Path | None) -> dict[str, bytes]:
     """site path -> SVG of every chart the Benchmarks page shows."""
-    from .charts import peers_chart, scale_chart
+    from .charts import peers_chart, precision_chart, scale_chart
 
     out: dict[str, bytes] = {}
     if folder is None or not folder.is_dir():
@@ -44,7 +47,51 @@ def charts(folder: Path | None) -> dict[str, bytes]:
     scale = folder / "catalog-scale.json"
     if scale.is_file() and (svg := scale_chart(json.loads(scale.read_text(encoding="utf-8")))) is not None:
         out["benchmarks/catalog-scale.svg"] = svg
+    for p in sorted(folder.glob("precision-*.json")):
+        if (svg := precision_chart(json.loads(p.read_text(encoding="utf-8")))) is not None:
+            out[f"benchmarks/{p.stem}.svg"] = svg
     return out
+
+
+def _precision_section(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for a in data.get("archs", []):
+        for m in a.get("modes", []):
+            wc = m.get("worst_case_robust_accuracy", {})
+            rows.append([str(a.get("arch", "")), str(m.get("mode", "")), _num(m.get("tiles")), _num(m.get("seconds")),
+                         _num(m.get("tiles_per_second")), _num(m.get("speed_vs_float32")), _pct1(m.get("pooled_success")),
+                         _num(m.get("pooled_pairs")), _signed(m.get("pooled_success_points_vs_float32")),
+                         " / ".join(_pct1(v) for v in wc.values()), _num(m.get("peak_mb"))])
+    steps = sorted({str(a.get("apgd_steps")) for a in data.get("archs", [])})
+    return {"name": name, "chart": f"benchmarks/{name}.svg", "date": data.get("date", "?"), "machine": data.get("machine", "?"),
+            "device": data.get("device", "?"), "apgd_steps": ", ".join(steps), "rows": rows}
+
+
+def _compile_section(data: dict[str, Any]) -> dict[str, Any]:
+    rows = [[str(t.get("arch", "")), f"{t.get('tiles')} x {t.get('size_px')} px", "on" if r.get("early_stop") else "off",
+             _num(r.get("eager_median_s")), _num(r.get("compiled_first_s")), _num(r.get("compiled_median_s")),
+             _num(r.get("speedup_after_warmup")), _num(r.get("max_abs_adv_diff")), str(r.get("success_agreement", ""))]
+            for t in data.get("trials", []) for r in t.get("pgd", [])]
+    return {"date": data.get("date", "?"), "machine": data.get("machine", "?"), "device": data.get("device", "?"), "rows": rows}
+
+
+def _slide_archs_section(data: dict[str, Any]) -> dict[str, Any]:
+    rows = [[str(r.get("arch", "")), str(r.get("slide", "")), _num(r.get("tiles")), _num(r.get("seconds")),
+             _num(r.get("tiles_per_second")), _num(r.get("peak_rss_mb")), str(r.get("error", ""))] for r in data.get("rows", [])]
+    return {"date": data.get("date", "?"), "machine": data.get("machine", {}).get("machine", "?"),
+            "cpu_count": data.get("machine", {}).get("cpu_count", "?"), "rows": rows}
+
+
+def _pct1(v: Any) -> str:
+    return "–" if v is None else f"{v:.1%}"
+
+
+def _signed(v: Any) -> str:
+    return "–" if v is None else f"{v:+.2f}"
+
+
+def _load(folder: Path, pattern: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(folder.glob(pattern))]
 
 
 def _peer_section(name: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +118,10 @@ def benchmarks_page(folder: Path | None):  # -> Page | None (imported lazily to 
     peers = [_peer_section(p.stem, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(folder.glob("peers-*.json"))]
     scale_file = folder / "catalog-scale.json"
     scale = _scale_section(json.loads(scale_file.read_text(encoding="utf-8"))) if scale_file.is_file() else None
-    if not peers and scale is None:
+    precision = [_precision_section(n, d) for n, d in _load(folder, "precision-*.json")]
+    compiled = [_compile_section(d) for _, d in _load(folder, "compile-*.json")]
+    slide_archs = [_slide_archs_section(d) for _, d in _load(folder, "slide-scale-archs-*.json")]
+    if not peers and scale is None and not precision and not compiled and not slide_archs:
         return None
-    return Page(URI, "Benchmarks", block(render("benchmarks.html", peers=peers, scale=scale, charts=set(charts(folder)))))
+    return Page(URI, "Benchmarks", block(render("benchmarks.html", peers=peers, scale=scale, precision=precision, compiled=compiled,
+                                                slide_archs=slide_archs, charts=set(charts(folder)))))

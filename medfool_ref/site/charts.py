@@ -73,3 +73,22 @@ def scale_chart(data: dict[str, Any]) -> bytes | None:
     ax.legend(fontsize=FONT)
     ax.grid(which="both", alpha=0.3)
     return _svg(fig)
+
+
+def precision_chart(data: dict[str, Any]) -> bytes | None:
+    """Speed over float32 per architecture and precision mode, each bar labelled with the change in success."""
+    bars = [(a["arch"], m) for a in data.get("archs", []) for m in a.get("modes", []) if m.get("speed_vs_float32")]
+    if not bars:
+        return None
+    fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(bars) + 1.2))
+    labels = [f"{arch}: {m['mode']}" for arch, m in bars]
+    speeds = [m["speed_vs_float32"] for _, m in bars]
+    ax.barh(range(len(bars)), speeds, color=["#4c72b0" if s >= 1 else "#c44e52" for s in speeds])
+    for i, (_, m) in enumerate(bars):
+        ax.text(speeds[i], i, f"  {speeds[i]:.2f}x, success {m['pooled_success_points_vs_float32']:+.1f} pts", va="center", fontsize=FONT - 1)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(bars)), labels, fontsize=FONT)
+    ax.invert_yaxis()
+    ax.set_xlabel("audit speed over float32 (right of 1: faster)", fontsize=FONT)
+    ax.set_xlim(0, max(speeds) * 1.6)
+    return _svg(fig)

@@ -65,6 +65,7 @@ class DecisionModel(nn.Module):
         self.model = model
         self.positive = positive
         self.threshold = threshold
+        self.approximate_gradients = getattr(model, "approximate_gradients", False)  # the wrapped model's precision flag
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.model(x)
