@@ -47,3 +47,27 @@ def test_committed_results_render() -> None:
         impls = {r["implementation"] for r in rows}
         assert {"medfool", "torchattacks", "foolbox", "art"} <= impls, path
         assert all(r["seconds"] > 0 for r in rows)
+
+
+def test_precision_compile_and_slide_sections_are_rendered_and_escaped(tmp_path: Path) -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    (tmp_path / "precision-cpu.json").write_text(json.dumps({"date": "d", "device": "cpu", "machine": evil, "archs": [
+        {"arch": evil, "apgd_steps": 20, "modes": [
+            {"mode": "float32", "tiles": 16, "seconds": 50.0, "tiles_per_second": 0.32, "pooled_success": 0.87, "pooled_pairs": 192,
+             "worst_case_robust_accuracy": {"1.0": 0.5}, "speed_vs_float32": 1.0, "pooled_success_points_vs_float32": 0.0},
+            {"mode": "bf16", "tiles": 16, "seconds": 38.0, "tiles_per_second": 0.42, "pooled_success": 0.86, "pooled_pairs": 192,
+             "worst_case_robust_accuracy": {"1.0": 0.5}, "speed_vs_float32": 1.316, "pooled_success_points_vs_float32": -0.52}]}]}))
+    (tmp_path / "compile-cpu.json").write_text(json.dumps({"date": "d", "device": "cpu", "machine": "m", "trials": [
+        {"arch": "resnet50", "tiles": 8, "size_px": 224, "pgd": [{"early_stop": False, "eager_median_s": 2.0, "compiled_first_s": 90.0,
+                                                                 "compiled_median_s": 1.9, "speedup_after_warmup": 1.05,
+                                                                 "max_abs_adv_diff": 0.0, "success_agreement": "8/8"}]}]}))
+    (tmp_path / "slide-scale-archs-cpu.json").write_text(json.dumps({"date": "d", "machine": {"machine": "x", "cpu_count": 2}, "rows": [
+        {"arch": "vit_s16", "slide": evil, "tiles": 40, "seconds": 2.0, "tiles_per_second": 20.0, "peak_rss_mb": 900}]}))
+    page = benchmarks_page(tmp_path)
+    assert page is not None
+    assert "<img src=x" not in page.body and page.body.count("&lt;img src=x onerror=alert(1)&gt;") == 3
+    assert "bf16" in page.body and "1.32" in page.body and "-0.52" in page.body and "86.0%" in page.body
+    assert "torch.compile" in page.body and "8/8" in page.body and "slide pipeline per architecture" in page.body
+    svgs = charts(tmp_path)
+    assert set(svgs) == {"benchmarks/precision-cpu.svg"} and b"&lt;img src=x" in svgs["benchmarks/precision-cpu.svg"]
+    assert 'src="benchmarks/precision-cpu.svg"' in page.body
