@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="JSON path (default benchmarks/results/compile-<device>.json)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    import tempfile
+
+    # a fresh inductor cache, so that the first call measures the compilation and not an earlier run's cache
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="medfool-inductor-")
     result = {"date": dt.date.today().isoformat(), "device": str(device),
               "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                          f"CPU capability {torch.backends.cpu.get_cpu_capability()}"

@@ -2,8 +2,10 @@
 
     python -m benchmarks.precision                                   # the three architectures, CPU (about 25 min)
     python -m benchmarks.precision --arch resnet50 --tiles 16 --apgd-steps 20
+    python -m benchmarks.precision --arch tilenet --arch resnet50 --mode float32 --mode float32+compiled \
+        --out benchmarks/results/precision-cpu-compile.json
 
-Each mode runs the same gradient part of the audit battery (FGSM, PGD 10 steps, APGD-CE) at the four
+Each mode (``--mode``; float32+compiled: the model through ``torch.compile``) runs the same gradient part of the audit battery (FGSM, PGD 10 steps, APGD-CE) at the four
 L-inf budgets through the campaign core on real tiles (the shipped sample tiles, resized to 224 px inside
 the model for the 224 px architectures), in a fresh results store. Reported per mode: wall time, tiles per
 second, and success (attack by budget, pooled over every attacked tile and budget, and the per-tile worst
@@ -28,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = (("float32", False), ("bf16", False), ("float32", True), ("bf16", True))
+MODES = {"float32": ("float32", False, False), "bf16": ("bf16", False, False), "float32+channels-last": ("float32", True, False),
+         "bf16+channels-last": ("bf16", True, False), "float32+compiled": ("float32", False, True)}
+DEFAULT_MODES = ("float32", "bf16", "float32+channels-last", "bf16+channels-last")
 PROBES = ["fgsm", "pgd", "apgd-ce"]
 
 
@@ -45,7 +49,7 @@ class At224(nn.Module):
         return self.model(x)
 
 
-def one_mode(arch: str, model: nn.Module, items: list, precision: str, channels_last: bool, apgd_steps: int,
+def one_mode(arch: str, model: nn.Module, items: list, precision: str, channels_last: bool, compiled: bool, apgd_steps: int,
              batch_size: int) -> dict[str, Any]:
     from medfool_ref.campaign.audit import fooled_by_tile, run_audit
     from medfool_ref.campaign.store import ResultsStore
@@ -53,7 +57,7 @@ def one_mode(arch: str, model: nn.Module, items: list, precision: str, channels_
     from medfool_ref.targets.precision import mode_name, with_precision
     from medfool_ref.targets.target import module_target
 
-    target = with_precision(module_target(model, CLASSES, arch), precision, channels_last)
+    target = with_precision(module_target(model, CLASSES, arch), precision, channels_last, compiled)
     device = target.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -74,7 +78,7 @@ def one_mode(arch: str, model: nn.Module, items: list, precision: str, channels_
                 w[item] = w.get(item, False) or ok
         # robust accuracy over all audited tiles: the correct tiles no attack fooled, over every tile
         correct = len(next(iter(worst.values()))) if worst else 0
-    doc = {"mode": mode_name(precision, channels_last), "seconds": round(seconds, 2), "tiles": len(items), "correct_tiles": correct,
+    doc = {"mode": mode_name(precision, channels_last, compiled), "seconds": round(seconds, 2), "tiles": len(items), "correct_tiles": correct,
            "tiles_per_second": round(len(items) / seconds, 3), "attacks": rows, "pooled_success": round(pooled / max(attacked, 1), 4),
            "pooled_pairs": attacked,
            "worst_case_robust_accuracy": {str(k): round(sum(not v for v in w.values()) / len(items), 4) for k, w in worst.items()}}
@@ -83,7 +87,8 @@ def one_mode(arch: str, model: nn.Module, items: list, precision: str, channels_
     return doc
 
 
-def run(arch: str, device: torch.device, n_tiles: int, apgd_steps: int, modes: list[tuple[str, bool]], batch_size: int) -> dict[str, Any]:
+def run(arch: str, device: torch.device, n_tiles: int, apgd_steps: int, modes: list[tuple[str, bool, bool]], batch_size: int
+        ) -> dict[str, Any]:
     from benchmarks.archs import build, parameters
     from medfool_ref.inputs.datasets import load_dataset
     from medfool_ref.inputs.samples import CLASSES
@@ -94,10 +99,13 @@ def run(arch: str, device: torch.device, n_tiles: int, apgd_steps: int, modes: l
     items = load_dataset("sample", tuple(CLASSES), max_tiles=n_tiles).items
     out: dict[str, Any] = {"arch": arch, "parameters": parameters(model), "fitted": fitted, "tiles": len(items),
                            "apgd_steps": apgd_steps, "modes": []}
-    for precision, cl in modes:  # warm-up: the first pass of each mode builds its kernels (not timed)
-        one_mode(arch, model, items[:2], precision, cl, 2, batch_size)
-    for precision, cl in modes:
-        out["modes"].append(one_mode(arch, model, items, precision, cl, apgd_steps, batch_size))
+    warm = []
+    for precision, cl, comp in modes:  # warm-up: the first pass of each mode builds its kernels (timed apart: compilation)
+        t0 = time.perf_counter()
+        one_mode(arch, model, items[:2], precision, cl, comp, 2, batch_size)
+        warm.append(round(time.perf_counter() - t0, 2))
+    for (precision, cl, comp), w in zip(modes, warm):
+        out["modes"].append({**one_mode(arch, model, items, precision, cl, comp, apgd_steps, batch_size), "warmup_seconds": w})
         print(arch, json.dumps({k: v for k, v in out["modes"][-1].items() if k != "attacks"}), file=sys.stderr, flush=True)
     base = out["modes"][0]
     for m in out["modes"]:
@@ -126,13 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiles", type=int, help="tiles per architecture (default: all 65 for tilenet, 16 for the 224 px ones)")
     ap.add_argument("--apgd-steps", type=int, help="APGD-CE steps (default: the audit's 100 for tilenet, 20 for the 224 px ones)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--mode", action="append", choices=tuple(MODES), help="modes to run, the first is the reference (default: "
+                    "float32, bf16 and, but for the ViT, the two channels-last ones)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/precision-<device>.json, and .md beside it)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     archs = []
     for arch in args.arch or ["tilenet", "resnet50", "vit_s16"]:
         big = arch != "tilenet"
-        modes = [m for m in MODES if not (arch == "vit_s16" and m[1])]  # no convolutions to lay out for the ViT beyond its stem
+        names = args.mode or [m for m in DEFAULT_MODES if not (arch == "vit_s16" and "channels-last" in m)]  # the ViT: one conv only
+        modes = [MODES[m] for m in names]
         archs.append(run(arch, device, args.tiles or (16 if big else 65), args.apgd_steps or (20 if big else 100), modes,
                          args.batch_size))
     result = {"date": dt.date.today().isoformat(), "device": str(device),

@@ -65,7 +65,7 @@ def test_precision_compile_and_slide_sections_are_rendered_and_escaped(tmp_path:
         {"arch": "vit_s16", "slide": evil, "tiles": 40, "seconds": 2.0, "tiles_per_second": 20.0, "peak_rss_mb": 900}]}))
     page = benchmarks_page(tmp_path)
     assert page is not None
-    assert "<img src=x" not in page.body and page.body.count("&lt;img src=x onerror=alert(1)&gt;") == 3
+    assert "<img src=x" not in page.body and page.body.count("&lt;img src=x onerror=alert(1)&gt;") == 4  # machine, two rows, slide
     assert "bf16" in page.body and "1.32" in page.body and "-0.52" in page.body and "86.0%" in page.body
     assert "torch.compile" in page.body and "8/8" in page.body and "slide pipeline per architecture" in page.body
     svgs = charts(tmp_path)

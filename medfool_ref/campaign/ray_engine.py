@@ -44,7 +44,7 @@ def _run_unit(spec: TargetSpec, unit: Unit) -> Outcome:
     torch.set_num_threads(int(os.environ.get("MEDFOOL_WORKER_THREADS", "1")))
     from ..targets.precision import run_fingerprint
 
-    cache_key = run_fingerprint(spec.fingerprint, spec.precision, spec.channels_last)
+    cache_key = run_fingerprint(spec.fingerprint, spec.precision, spec.channels_last, spec.compiled)
     target = _TARGETS.get(cache_key)
     if target is None:
         from ..targets.rebuild import rebuild

@@ -174,7 +174,7 @@ def build_report(store: ResultsStore, plan: AuditPlan, target: Target, data: Dat
         medfool=__version__, date=date, device=device, engine=engine,
         model={"name": target.name, "sha256": target.fingerprint, "classes": list(target.classes), "positive": list(target.positive),
                "threshold": target.threshold, "precision": target.precision,
-               "channels_last": target.channels_last, "config": cfg.model_dump() if cfg is not None else None},
+               "channels_last": target.channels_last, "compiled": target.compiled, "config": cfg.model_dump() if cfg is not None else None},
         data={"source": data.source, "tiles": n, "by_class": data.counts, "clean_accuracy": len(correct) / n,
               "decision_accuracy": len(decided) / n, "skipped": len(data.skipped), "notes": data.notes[:20]},
         skipped=[Skip(path=s.path, reason=s.reason) for s in data.skipped],

@@ -61,7 +61,7 @@ def _precision_section(name: str, data: dict[str, Any]) -> dict[str, Any]:
             rows.append([str(a.get("arch", "")), str(m.get("mode", "")), _num(m.get("tiles")), _num(m.get("seconds")),
                          _num(m.get("tiles_per_second")), _num(m.get("speed_vs_float32")), _pct1(m.get("pooled_success")),
                          _num(m.get("pooled_pairs")), _signed(m.get("pooled_success_points_vs_float32")),
-                         " / ".join(_pct1(v) for v in wc.values()), _num(m.get("peak_mb"))])
+                         " / ".join(_pct1(v) for v in wc.values()), _num(m.get("warmup_seconds")), _num(m.get("peak_mb"))])
     steps = sorted({str(a.get("apgd_steps")) for a in data.get("archs", [])})
     return {"name": name, "chart": f"benchmarks/{name}.svg", "date": data.get("date", "?"), "machine": data.get("machine", "?"),
             "device": data.get("device", "?"), "apgd_steps": ", ".join(steps), "rows": rows}

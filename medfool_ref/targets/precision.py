@@ -11,7 +11,8 @@ float32 pass before freezing it (without that, tiles frozen on a bf16 success th
 lost: on the benchmark ResNet-50, 10 points of success).
 
 Channels-last stores images and convolution weights as (N, H, W, C), which oneDNN and cuDNN convolve
-faster; it changes nothing for a model without 4-D convolutions but the copy.
+faster; it changes nothing for a model without 4-D convolutions but the copy. ``compiled`` runs the model through
+``torch.compile`` (inductor): its kernels round differently from eager ones, so its results are filed apart too.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ PRECISIONS = ("float32", "bf16")
 class Precision(nn.Module):
     """``model`` with its differentiated forward passes under bf16 autocast and/or its inputs in channels-last."""
 
-    def __init__(self, model: nn.Module, *, precision: str = "float32", channels_last: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, precision: str = "float32", channels_last: bool = False, compiled: bool = False) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-        self.inner = model.to(memory_format=torch.channels_last) if channels_last else model
+        model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.inner = torch.compile(model) if compiled else model
         self.precision = precision
         self.channels_last = channels_last
+        self.compiled = compiled
         # the attacks confirm an early stop with a pass without gradients (float32) before freezing a sample
         self.approximate_gradients = precision != "float32"
 
@@ -48,15 +51,15 @@ class Precision(nn.Module):
         return out.float()
 
 
-def mode_name(precision: str, channels_last: bool) -> str:
-    return precision + ("+channels-last" if channels_last else "")
+def mode_name(precision: str, channels_last: bool, compiled: bool = False) -> str:
+    return precision + ("+channels-last" if channels_last else "") + ("+compiled" if compiled else "")
 
 
-def run_fingerprint(weights: str, precision: str, channels_last: bool) -> str:
-    """The key units are filed under: the weights' hash alone in float32, else the hash with the mode (never mixed up)."""
-    if precision == "float32" and not channels_last:
+def run_fingerprint(weights: str, precision: str, channels_last: bool, compiled: bool = False) -> str:
+    """The key units are filed under: the weights' hash alone in plain float32, else the hash with the mode (never mixed up)."""
+    if precision == "float32" and not channels_last and not compiled:
         return weights
-    return hashlib.sha256(f"{weights}|{mode_name(precision, channels_last)}".encode()).hexdigest()
+    return hashlib.sha256(f"{weights}|{mode_name(precision, channels_last, compiled)}".encode()).hexdigest()
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -67,15 +70,15 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; use float32")
 
 
-def with_precision(target, precision: str = "float32", channels_last: bool = False):  # type: ignore[no-untyped-def]
-    """``target`` whose model runs in ``precision`` (and channels-last); its weights' fingerprint is unchanged."""
+def with_precision(target, precision: str = "float32", channels_last: bool = False, compiled: bool = False):  # type: ignore[no-untyped-def]
+    """``target`` whose model runs in ``precision`` (channels-last, compiled); its weights' fingerprint is unchanged."""
     check_precision(precision, target.device)
-    if precision == "float32" and not channels_last:
+    if precision == "float32" and not channels_last and not compiled:
         return target
-    if target.precision != "float32" or target.channels_last:
+    if target.precision != "float32" or target.channels_last or target.compiled:
         raise ValueError("the target already has a precision mode")
-    target.model = Precision(target.model, precision=precision, channels_last=channels_last)
-    target.precision, target.channels_last = precision, channels_last
+    target.model = Precision(target.model, precision=precision, channels_last=channels_last, compiled=compiled)
+    target.precision, target.channels_last, target.compiled = precision, channels_last, compiled
     if target.spec is not None:
-        target.spec = replace(target.spec, precision=precision, channels_last=channels_last)
+        target.spec = replace(target.spec, precision=precision, channels_last=channels_last, compiled=compiled)
     return target

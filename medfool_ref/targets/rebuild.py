@@ -48,11 +48,11 @@ def rebuild(spec: TargetSpec, device: str | torch.device | None = None) -> Targe
     target = Target(model, spec.classes, fingerprint(model), spec.name, spec.positive, spec.threshold, spec.config, spec)
     if target.fingerprint != spec.fingerprint:
         raise ValueError(f"the rebuilt model's weights differ from the driver's ({target.fingerprint[:12]} vs {spec.fingerprint[:12]})")
-    if spec.precision != "float32" or spec.channels_last:
+    if spec.precision != "float32" or spec.channels_last or spec.compiled:
         from dataclasses import replace
 
         from .precision import with_precision
 
-        target.spec = replace(spec, precision="float32", channels_last=False)
-        target = with_precision(target, spec.precision, spec.channels_last)
+        target.spec = replace(spec, precision="float32", channels_last=False, compiled=False)
+        target = with_precision(target, spec.precision, spec.channels_last, spec.compiled)
     return target

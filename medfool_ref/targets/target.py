@@ -29,13 +29,14 @@ class Target:
     spec: TargetSpec | None = None  # how another process rebuilds this target (a cluster's workers)
     precision: str = "float32"  # "bf16": the differentiated passes under bfloat16 autocast (targets.precision)
     channels_last: bool = False
+    compiled: bool = False  # the model through torch.compile
 
     @property
     def run_fingerprint(self) -> str:
         """What units are keyed by: the weights' fingerprint, with the precision mode when it is not plain float32."""
         from .precision import run_fingerprint
 
-        return run_fingerprint(self.fingerprint, self.precision, self.channels_last)
+        return run_fingerprint(self.fingerprint, self.precision, self.channels_last, self.compiled)
 
     @property
     def device(self) -> torch.device:
@@ -100,6 +101,7 @@ class TargetSpec:
     module: Any = None  # rebuilt by :func:`medfool_ref.targets.rebuild.rebuild`
     precision: str = "float32"
     channels_last: bool = False
+    compiled: bool = False
 
 
 def state_bytes(model: nn.Module) -> bytes:
