@@ -133,3 +133,21 @@ def module_target_of(model: nn.Module):  # type: ignore[no-untyped-def]
     from medfool_ref.targets.target import module_target
 
     return module_target(model, CLASSES)
+
+
+def test_a_compiled_audit_agrees_with_the_eager_one_under_its_own_key(tiles: Path, tmp_path: Path, capsys) -> None:
+    common = ["audit", "--data", str(tiles), "--out", str(tmp_path), "--attacks", "fgsm,pgd", "--budgets", "8", "--max-tiles", "6"]
+    assert main(common) == 0
+    eager = json.loads((tmp_path / "report.json").read_text())
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:
+        first = db.execute("SELECT count(*) FROM units").fetchone()[0]
+    assert main(common + ["--compile", "--resume"]) == 0
+    comp = json.loads((tmp_path / "report.json").read_text())
+    capsys.readouterr()
+    assert comp["model"]["compiled"] is True and eager["model"]["compiled"] is False
+    assert comp["data"]["clean_accuracy"] == eager["data"]["clean_accuracy"]
+    n = eager["data"]["tiles"]
+    for a, b in zip(eager["attacks"], comp["attacks"]):  # inductor's kernels round differently: at most a tile apart
+        assert abs(a["budgets"][0]["success_rate"] - b["budgets"][0]["success_rate"]) <= 1 / n + 1e-9, (a["id"], a, b)
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM units").fetchone()[0] == 2 * first  # nothing reused across modes

@@ -248,8 +248,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                         "(faster on GPUs and on CPUs with AVX512-BF16/AMX for CNNs; see the Benchmarks page)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory for convolutional models")
     p.add_argument("--compile", action="store_true",
-                   help="run the model through torch.compile (inductor): a one-off compilation, then faster passes on large "
-                        "models (ResNet-50 on the CPU: 1.3x after about 40 s); needs a C++ compiler on the CPU")
+                   help="experimental: the model through torch.compile (inductor; a C++ compiler on the CPU). Measured on 2 CPU "
+                        "cores: 1.3x on a fixed-shape ResNet-50 PGD loop after 30-40 s of compilation, but 0.5x through a "
+                        "16-tile audit, where each new batch shape recompiles (see the Benchmarks page)")
     p.add_argument("--resume", action="store_true", help="continue from the output folder's results store")
     add_engine_options(p)
     p.add_argument("--schema", action="store_true", help="print the report's JSON Schema and exit")
