@@ -82,6 +82,7 @@ def test_a_bf16_audit_reports_its_mode_judges_in_float32_and_never_reuses_float3
     capsys.readouterr()
     assert f32["model"]["precision"] == "float32" and bf["model"]["precision"] == "bf16"
     assert bf["model"]["sha256"] == f32["model"]["sha256"]  # the same weights
+    assert "Gradient passes in bf16" in (tmp_path / "report.html").read_text()
     assert bf["data"]["clean_accuracy"] == f32["data"]["clean_accuracy"]  # the clean pass ran in float32
     with sqlite3.connect(tmp_path / "results.sqlite") as db:
         units = db.execute("SELECT count(*) FROM units").fetchone()[0]

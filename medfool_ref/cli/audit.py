@@ -114,7 +114,8 @@ def _target(args: argparse.Namespace) -> Any:
 
     target = _model_target(args)
     try:
-        return with_precision(target, args.precision, args.channels_last, args.compile)
+        return with_precision(target, getattr(args, "precision", "float32"), getattr(args, "channels_last", False),
+                              getattr(args, "compile", False))  # the slide commands share this without the options
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
