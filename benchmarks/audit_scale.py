@@ -124,10 +124,9 @@ def main(argv: list[str] | None = None) -> int:
               "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
               "audits": rows, "pgd": pgd_versus_torchattacks(min(args.tiles or [1000]), args.device),
               "command": "python -m benchmarks.audit_scale " + " ".join(argv or sys.argv[1:])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
+    from benchmarks.output import write_result
+
+    write_result(args.out, result)
     return 0
 
 

@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -90,16 +89,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # a fresh inductor cache, so that the first call measures the compilation and not an earlier run's cache
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="medfool-inductor-")
-    result = {"date": dt.date.today().isoformat(), "device": str(device),
-              "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                         f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
-                         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+    from benchmarks.output import machine_line, write_result
+
+    result = {"date": dt.date.today().isoformat(), "device": str(device), "machine": machine_line(device),
               "command": "python -m benchmarks.compile_trial " + " ".join(argv if argv is not None else sys.argv[1:]),
               "trials": [trial(a, device, args.tiles, args.repeats) for a in args.arch or ["tilenet", "resnet50"]]}
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"compile-{'cpu' if device.type == 'cpu' else 'cuda'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
+    write_result(args.out or ROOT / "benchmarks" / "results" / f"compile-{'cpu' if device.type == 'cpu' else 'cuda'}.json", result)
     return 0
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -146,16 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         modes = [MODES[m] for m in names]
         archs.append(run(arch, device, args.tiles or (16 if big else 65), args.apgd_steps or (20 if big else 100), modes,
                          args.batch_size))
-    result = {"date": dt.date.today().isoformat(), "device": str(device),
-              "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                         f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
-                         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+    from benchmarks.output import machine_line, write_result
+
+    result = {"date": dt.date.today().isoformat(), "device": str(device), "machine": machine_line(device),
               "command": "python -m benchmarks.precision " + " ".join(argv if argv is not None else sys.argv[1:]), "archs": archs}
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"precision-{'cpu' if device.type == 'cpu' else 'cuda'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
+    out = args.out or ROOT / "benchmarks" / "results" / f"precision-{'cpu' if device.type == 'cpu' else 'cuda'}.json"
+    write_result(out, result, markdown(result))
     return 0
 
 

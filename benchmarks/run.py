@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -154,11 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the peer libraries are not installed ({exc}); see the module docstring", file=sys.stderr)
         return 2
     result = run(args.only or list(ATTACKS), torch.device(args.device), args.tiles, args.repeats, args.arch)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
+    from benchmarks.output import write_result
+
+    write_result(args.out, result, markdown(result))
     return 0
 
 
