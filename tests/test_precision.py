@@ -29,7 +29,9 @@ def test_only_the_differentiated_passes_change_and_gradients_stay_float32(precis
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         ref = net(x)
-    wrapped = Precision(_cnn(), precision=precision, channels_last=channels_last)
+    mine = _cnn()
+    wrapped = Precision(mine, precision=precision, channels_last=channels_last)
+    assert all(p.is_contiguous() for p in mine.parameters())  # the caller's module is left as it was
     with torch.no_grad():
         plain = wrapped(x)
     assert plain.dtype == torch.float32  # no gradients: float32 always (the clean pass and every score)

@@ -52,8 +52,8 @@ def run_campaign(units: Sequence[Unit], target: Target, store: ResultsStore, *, 
 
     def write(outcome: UnitOutcome | UnitFailure) -> None:
         if not store.exists:
-            store.set_meta(medfool=__version__, code=code_fingerprint(), target=target.name, model_fingerprint=target.fingerprint, precision=target.precision,
-                           channels_last=target.channels_last, compiled=target.compiled,
+            store.set_meta(medfool=__version__, code=code_fingerprint(), target=target.name, model_fingerprint=target.fingerprint,
+                           precision=target.precision, channels_last=target.channels_last, compiled=target.compiled,
                            classes=list(target.classes), engine=engine.name, machine=f"{platform.machine()} {platform.system()}",
                            **(meta or {}))
         store.put(outcome)

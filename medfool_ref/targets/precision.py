@@ -17,6 +17,7 @@ faster; it changes nothing for a model without 4-D convolutions but the copy. ``
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import replace
 
@@ -33,7 +34,8 @@ class Precision(nn.Module):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-        model = model.to(memory_format=torch.channels_last) if channels_last else model
+        if channels_last:  # a copy: Module.to works in place, and the caller's module must stay as it was
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         self.inner = torch.compile(model) if compiled else model
         self.precision = precision
         self.channels_last = channels_last
