@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 ADDR ?= 127.0.0.1:8000
 TORCHATTACKS := torchattacks==3.5.1
 
-.PHONY: serve build test validate chromium clean bench results
+.PHONY: serve build test validate chromium cxx clean bench results
 
 # torch first, pinned to the CPU build that installs in seconds (a bare `torch` would pull a multi-GB CUDA
 # build); on a GPU machine: make serve TORCH=torch (or any torch>=2.2 you already have in the venv)
@@ -54,7 +54,12 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { echo "installing Debian's chromium for the browser test"; apt-get update -qq && apt-get install -y -qq chromium; }
 
-test: $(VENV)/.installed chromium
+# torch.compile's CPU backend (the --compile test) builds its kernels with a C++ compiler
+cxx:
+	@command -v g++ >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1 || \
+	  { echo "installing Debian's g++ for torch.compile"; apt-get update -qq && apt-get install -y -qq g++; }
+
+test: $(VENV)/.installed chromium cxx
 	$(PY) -m pytest
 
 # the side-by-side comparison with torchattacks, Foolbox and ART (not part of the tests; see benchmarks/README.md)

@@ -75,6 +75,12 @@ def check_precision(precision: str, device: torch.device) -> None:
 def with_precision(target, precision: str = "float32", channels_last: bool = False, compiled: bool = False):  # type: ignore[no-untyped-def]
     """``target`` whose model runs in ``precision`` (channels-last, compiled); its weights' fingerprint is unchanged."""
     check_precision(precision, target.device)
+    if compiled and target.device.type == "cpu":
+        import shutil
+
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            raise ValueError("--compile: torch.compile builds its CPU kernels with a C++ compiler, and none was found "
+                             "(install g++, or audit without --compile)")
     if precision == "float32" and not channels_last and not compiled:
         return target
     if target.precision != "float32" or target.channels_last or target.compiled:
