@@ -82,7 +82,7 @@ def snapshot(atlas_yaml: dict[str, Any], source: dict[str, str]) -> dict[str, An
 HEADER = """\
 # MITRE ATLAS ids and names (facts only), for checking the catalog's ATLAS crosswalk.
 # Made by `python -m medfool_ref.catalog.atlas` from the file named under source; do not edit by hand.
-# MITRE ATLAS is (c) The MITRE Corporation; see https://atlas.mitre.org for the knowledge base itself.
+# MITRE ATLAS data: Copyright 2021-2025 MITRE, Apache License 2.0 (atlas-data's LICENSE); https://atlas.mitre.org
 """
 
 
