@@ -91,7 +91,7 @@ def _evidence(c: Catalog, report: dict[str, Any]) -> dict[str, tuple[float | Non
         for j, b in enumerate(run["budgets"]):
             rate = _rate(b.get("success_rate"), f"attacks[{i}].budgets[{j}]") if isinstance(b, dict) else None
             n = b.get("tiles_attacked") if isinstance(b, dict) else None
-            if rate is None or not isinstance(n, int) or n <= 0:
+            if rate is None or not isinstance(n, int) or isinstance(n, bool) or n <= 0:
                 continue
             k = round(rate * n)
             lo, hi = wilson(k, n)
