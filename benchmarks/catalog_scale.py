@@ -33,6 +33,7 @@ nist:
   objectives: [integrity-violation]
   capabilities: [testing-data-control]
   knowledge: [white-box]
+atlas: [{{id: AML.T0043.000, name: White-Box Optimization}}]
 targeted: both
 perturbation:
   norm: linf

@@ -110,6 +110,24 @@ def test_downloads(built_site: Path, catalog) -> None:
     assert schema["title"] == "medfool catalog export"
 
 
+def test_interop_downloads_and_atlas_links(built_site: Path, catalog) -> None:
+    import stix2
+
+    bundle = stix2.parse((built_site / "downloads/medfool.stix.json").read_text(), allow_custom=False)
+    kinds = [o.type for o in bundle.objects]
+    assert kinds.count("attack-pattern") == len(catalog.attacks) and kinds.count("course-of-action") == len(catalog.defences)
+    for name in ("medfool.atlas-layer.json", "medfool.atlas-layer.audit.json"):  # the site has the recorded audit
+        layer = json.loads((built_site / "downloads" / name).read_text())
+        assert layer["domain"] == "atlas-atlas" and layer["techniques"]
+    cite = read(built_site / "cite.html")
+    for name in ("medfool.stix.json", "medfool.atlas-layer.json", "medfool.atlas-layer.audit.json"):
+        assert f"downloads/{name}" in cite.links
+    page = read(built_site / "attacks" / "pgd.html")
+    assert [u for u in page.links if "atlas.mitre.org" in u] == [f"https://atlas.mitre.org/techniques/{t.id}" for t in catalog.attacks["pgd"].atlas]
+    page = read(built_site / "defences" / "adversarial-training.html")
+    assert "https://atlas.mitre.org/mitigations/AML.M0003" in page.links
+
+
 def test_routes_svg_links_every_attack(built_site: Path, catalog) -> None:
     text = (built_site / "routes.html").read_text(encoding="utf-8")
     start = text.index('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 760')

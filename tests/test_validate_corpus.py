@@ -19,6 +19,7 @@ from medfool_ref.cli import main
 MINI = Path(__file__).parent / "fixtures" / "mini"
 ATTACK = "catalog/attack/pgd.yaml"
 PAPER = "catalog/paper/madry2018towards.yaml"
+DEFENCE = "catalog/defence/adversarial-training.yaml"
 BIB = "bib/refs.bib"
 
 Edit = Callable[[Path], None]
@@ -63,7 +64,7 @@ class Case:
 CASES = [
     Case("yaml-syntax", [append(ATTACK, "aliases: [unclosed\n")], [r"^catalog/attack/pgd\.yaml:2\d: YAML syntax error"]),
     Case("duplicate-key", [append(ATTACK, "name: Second name\n")],
-         [r"^catalog/attack/pgd\.yaml:19: name: duplicate key 'name' \(first on line 3\)"]),
+         [r"^catalog/attack/pgd\.yaml:20: name: duplicate key 'name' \(first on line 3\)"]),
     Case("unsafe-tag", [replace(ATTACK, "summary: Repeated", "summary: !!python/object/apply:os.system ['touch PWNED']\nx: Repeated")],
          [r"^catalog/attack/pgd\.yaml:17: summary: tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed"]),
     Case("merge-key", [write("catalog/domain/histopathology.yaml", "base: &b {order: 1}\n<<: *b\n")],
@@ -139,6 +140,28 @@ CASES = [
          [r"^catalog/risk-model/service\.yaml:23: scenarios\[0\]\.severity: Input should be less than or equal to 5"]),
     Case("implementation-not-registered", [replace(ATTACK, "implementation: null", "implementation: os-system")],
          [r"^catalog/attack/pgd\.yaml:18: implementation: 'os-system' is not in the registry of reference implementations"]),
+    Case("atlas-unknown-technique", [replace(ATTACK, "id: AML.T0015, name: Evade AI Model", "id: AML.T0045, name: Evade AI Model")],
+         [r"^catalog/attack/pgd\.yaml:19: atlas\[1\]\.id: AML\.T0045 is not a technique in ATLAS 5\.6\.0"]),
+    Case("atlas-name-differs", [replace(ATTACK, "name: White-Box Optimization", "name: Evade AI Model")],
+         [r"^catalog/attack/pgd\.yaml:19: atlas\[0\]\.name: 'Evade AI Model' is not the name of AML\.T0043\.000 in ATLAS 5\.6\.0 "
+          r"\('White-Box Optimization'\)"]),
+    Case("atlas-mitigation-on-attack", [replace(ATTACK, "id: AML.T0015,", "id: AML.M0003,")],
+         [r"^catalog/attack/pgd\.yaml:19: atlas\[1\]\.id: 'AML\.M0003' does not match the pattern"]),
+    Case("atlas-unknown-mitigation", [replace(DEFENCE, "AML.M0003, name: Model Hardening", "AML.M0099, name: Model Hardening")],
+         [r"^catalog/defence/adversarial-training\.yaml:10: atlas\[0\]\.id: AML\.M0099 is not a mitigation in ATLAS 5\.6\.0"]),
+    Case("atlas-mitigation-name", [replace(DEFENCE, "name: Model Hardening", "name: Adversarial Training")],
+         [r"^catalog/defence/adversarial-training\.yaml:10: atlas\[0\]\.name: 'Adversarial Training' is not the name of AML\.M0003"]),
+    Case("atlas-missing", [replace(DEFENCE, "atlas: [{id: AML.M0003, name: Model Hardening}]\n", "")],
+         [r"^catalog/defence/adversarial-training\.yaml:1: atlas: required field is missing"]),
+    Case("atlas-listed-twice", [replace(ATTACK, "{id: AML.T0015, name: Evade AI Model}", "{id: AML.T0015, name: Evade AI Model}, {id: AML.T0015, name: Evade AI Model}")],
+         [r"^catalog/attack/pgd\.yaml:19: atlas\[2\]: ATLAS technique 'AML\.T0015' listed twice"]),
+    Case("atlas-version-differs", [replace("catalog/catalog.yaml", "atlas_version: 5.6.0", "atlas_version: 4.9.0")],
+         [r"^catalog/catalog\.yaml:4: atlas_version: the ATLAS ids are checked against ATLAS 5\.6\.0 \(the shipped snapshot\), but the catalog records 4\.9\.0"]),
+    Case("atlas-version-missing", [replace("catalog/catalog.yaml", "atlas_version: 5.6.0\n", "")],
+         [r"^catalog/catalog\.yaml:1: atlas_version: the ATLAS ids are checked against ATLAS 5\.6\.0 \(the shipped snapshot\), but the catalog records none"]),
+    Case("atlas-mitigation-unrelated-is-a-warning", [replace(DEFENCE, "AML.M0003, name: Model Hardening", "AML.M0007, name: Sanitize Training Data")],
+         [r"^catalog/defence/adversarial-training\.yaml:4: counters\[0\]: warning: ATLAS 5\.6\.0 links none of this defence's mitigations "
+          r"to the techniques of attack 'pgd' \(AML\.T0015, AML\.T0043\.000\)", r"^valid: "], code=0),
     Case("all-errors-at-once", [replace(ATTACK, "family: adversarial-image", "family: nope"),
                                 replace("catalog/domain/histopathology.yaml", "order: 1", "order: -3")],
          [r"^catalog/attack/pgd\.yaml:5: family:", r"^catalog/domain/histopathology\.yaml:8: order:"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import date
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from pybtex.database import BibliographyData, Entry, Person
@@ -50,9 +51,17 @@ def bibtex_of(entries: dict[str, Entry]) -> str:
     return "\n\n".join(chunks) + "\n"
 
 
+@lru_cache(maxsize=1)
+def _text_backend() -> Any:
+    # pybtex looks its backend up among every installed package's entry points on each render_as call
+    from pybtex.plugin import find_plugin
+
+    return find_plugin("pybtex.backends", "text")()
+
+
 def latex_to_text(value: str) -> str:
     """Plain text of a BibTeX field value ({\\'e} -> é, braces dropped)."""
-    return RichText.from_latex(value).render_as("text")
+    return RichText.from_latex(value).render(_text_backend())
 
 
 def format_text(key: str, entry: Entry) -> str:

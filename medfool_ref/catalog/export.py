@@ -29,6 +29,7 @@ class Export(BaseModel):
 
     version: Version
     title: str
+    atlas_version: Version | None = None  # the MITRE ATLAS release the entries' ATLAS ids were checked against
     attacks: list[Attack]
     papers: list[Paper]
     domains: list[Domain]
@@ -43,6 +44,7 @@ def to_export(catalog: Catalog) -> Export:
     return Export(
         version=catalog.version,
         title=catalog.meta.title,
+        atlas_version=catalog.meta.atlas_version,
         attacks=list(catalog.attacks.values()),
         papers=list(catalog.papers.values()),
         domains=list(catalog.domains.values()),
@@ -68,7 +70,7 @@ def from_export(data: str | bytes | dict[str, Any], root: Path | None = None) ->
     from pybtex.database import parse_string
 
     exp = Export.model_validate_json(data) if isinstance(data, (str, bytes)) else Export.model_validate(data)
-    catalog = Catalog(root=root or Path("."), meta=CatalogMeta(title=exp.title, version=exp.version))
+    catalog = Catalog(root=root or Path("."), meta=CatalogMeta(title=exp.title, version=exp.version, atlas_version=exp.atlas_version))
     for table, items in ((catalog.attacks, exp.attacks), (catalog.papers, exp.papers), (catalog.domains, exp.domains),
                          (catalog.defences, exp.defences), (catalog.datasets, exp.datasets)):
         for item in items:

@@ -85,6 +85,7 @@ def _read_all(root: Path, problems: list[Diagnostic]) -> Catalog | None:
         problems.append(Diagnostic("catalog/catalog.yaml", None, "", "missing: it gives the catalog's title and version"))
     meta = meta_read[0] if meta_read else CatalogMeta(title="(unreadable)", version="0.0.0")
     catalog = Catalog(root=root, meta=meta)  # type: ignore[arg-type]
+    catalog.meta_source = meta_read[1] if meta_read else None
 
     for child in sorted(cat_dir.iterdir()):
         if child.name == "catalog.yaml" or child.name.startswith("."):
@@ -166,6 +167,7 @@ class _Checker:
             for i, p in enumerate(d.papers):
                 self.ref(d.id, ("papers", i), p, c.papers, "paper")
         self.stable_ids()
+        self.atlas()
         self.datasets()
         self.risk()
         self.bib()
@@ -250,6 +252,38 @@ class _Checker:
                 if sid in retired:
                     self.report(obj.id, ("stable_id",), f"stable id {sid} was retired and can never be reused")  # type: ignore[attr-defined]
                 seen[sid] = obj.id  # type: ignore[attr-defined]
+
+    def atlas(self) -> None:
+        """ATLAS ids and names against the shipped snapshot; the catalog's pinned ATLAS version must be its version."""
+        from .atlas import load_atlas
+
+        c, atlas = self.c, load_atlas()
+        meta_src = c.meta_source
+        if c.meta.atlas_version != atlas.version and meta_src is not None:
+            have = c.meta.atlas_version or "none"
+            self.problems.append(Diagnostic(meta_src.path, meta_src.line(("atlas_version",)), "atlas_version",
+                                            f"the ATLAS ids are checked against ATLAS {atlas.version} (the shipped snapshot), "
+                                            f"but the catalog records {have}: check the ids against that release and set atlas_version: {atlas.version}"))
+        for entry, known, what in ([(a, atlas.techniques, "technique") for a in c.attacks.values()]
+                                   + [(d, atlas.mitigations, "mitigation") for d in c.defences.values()]):
+            refs = entry.atlas  # type: ignore[attr-defined]
+            self.unique(entry.id, ("atlas",), [r.id for r in refs], f"ATLAS {what}")  # type: ignore[attr-defined]
+            for i, ref in enumerate(refs):
+                if ref.id not in known:
+                    self.report(entry.id, ("atlas", i, "id"), f"{ref.id} is not a {what} in ATLAS {atlas.version}")  # type: ignore[attr-defined]
+                elif ref.name != known[ref.id]:
+                    self.report(entry.id, ("atlas", i, "name"),  # type: ignore[attr-defined]
+                                f"{ref.name!r} is not the name of {ref.id} in ATLAS {atlas.version} ({known[ref.id]!r})")
+        for d in c.defences.values():
+            addressed = {t for m in d.atlas for t in atlas.addresses.get(m.id, ())}
+            for i, aid in enumerate(d.counters):
+                a = c.attacks.get(aid)
+                if a is None:
+                    continue
+                techniques = {t.id for t in a.atlas}
+                if not techniques & addressed:
+                    self.report(d.id, ("counters", i), f"ATLAS {atlas.version} links none of this defence's mitigations to the "
+                                f"techniques of attack {aid!r} ({', '.join(sorted(techniques))})", Severity.WARNING)
 
     def datasets(self) -> None:
         c = self.c

@@ -20,6 +20,8 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=4000, strip_whi
 Prose = Annotated[str, StringConstraints(min_length=40, max_length=4000, strip_whitespace=True)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Version = Annotated[str, StringConstraints(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")]
+AtlasTechniqueId = Annotated[str, StringConstraints(pattern=r"^AML\.T[0-9]{4}(\.[0-9]{3})?$")]
+AtlasMitigationId = Annotated[str, StringConstraints(pattern=r"^AML\.M[0-9]{4}$")]
 
 
 class Strict(BaseModel):
@@ -186,6 +188,20 @@ class Nist(Strict):
     knowledge: list[Knowledge] = Field(min_length=1)
 
 
+class AtlasTechnique(Strict):
+    """A MITRE ATLAS technique or sub-technique; the loader checks id and name against the shipped snapshot."""
+
+    id: AtlasTechniqueId
+    name: Text
+
+
+class AtlasMitigation(Strict):
+    """A MITRE ATLAS mitigation; the loader checks id and name against the shipped snapshot."""
+
+    id: AtlasMitigationId
+    name: Text
+
+
 class Perturbation(Strict):
     norm: Norm
     budget: Text | None = None
@@ -209,6 +225,7 @@ class Attack(Strict):
     aliases: list[Text] = []
     family: Family
     nist: Nist
+    atlas: list[AtlasTechnique] = Field(min_length=1)
     targeted: Targeting
     perturbation: Perturbation
     summary: Prose
@@ -283,6 +300,7 @@ class Defence(Strict):
     name: Text
     aliases: list[Text] = []
     counters: list[Slug] = Field(min_length=1)
+    atlas: list[AtlasMitigation] = Field(min_length=1)
     adaptive_evaluation: AdaptiveEvaluation
     adaptive_note: Text
     papers: list[Slug | BibKey] = []
@@ -379,6 +397,7 @@ class CatalogMeta(Strict):
 
     title: Text
     version: Version
+    atlas_version: Version | None = None  # the MITRE ATLAS release the catalog's ATLAS ids were checked against
     retired_attack_ids: list[AttackStableId] = []
     retired_defence_ids: list[DefenceStableId] = []
 

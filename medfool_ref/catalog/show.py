@@ -78,6 +78,7 @@ def show(catalog: Catalog, entry_id: str) -> str:
         add("objectives", [o.value for o in a.nist.objectives])
         add("capabilities", [c.value for c in a.nist.capabilities])
         add("knowledge", [k.value for k in a.nist.knowledge])
+        add("MITRE ATLAS", [f"{t.id} {t.name}" for t in a.atlas])
         add("targeted", a.targeted.value)
         p = a.perturbation
         add("perturbation", f"{p.norm.value}, {p.locality.value}" + (f" ({p.pixels} px)" if p.pixels else "")
@@ -120,6 +121,8 @@ def show(catalog: Catalog, entry_id: str) -> str:
         for key, value in data.items():
             if isinstance(value, (str, int, list)) and all(not isinstance(v, dict) for v in (value if isinstance(value, list) else [value])):
                 add(key.replace("_", " "), value)
+        if kind == "defence":
+            add("MITRE ATLAS", [f"{m.id} {m.name}" for m in catalog.defences[entry_id].atlas])
         if kind == "dataset":
             add("files", f"{len(catalog.datasets[entry_id].files)} (sha256 checked on load)")
         lines += ["", getattr(obj, "summary", "")]

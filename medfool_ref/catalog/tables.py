@@ -42,6 +42,7 @@ class Catalog:
     bib: Bibliography = field(default_factory=Bibliography)
     sources: dict[str, Source] = field(default_factory=dict)  # entry id -> where it was read
     broken: set[str] = field(default_factory=set)  # ids of files that failed to validate
+    meta_source: Source | None = None  # where catalog/catalog.yaml was read
 
     @property
     def version(self) -> str:

@@ -100,12 +100,44 @@ def cmd_cite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_audit(path: str) -> dict:
+    import json
+
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{path}: no such file (give the report.json that medfool audit wrote)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path}: not a JSON audit report ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not an audit report (the top level is not an object)")
+    return data
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import json
 
     from ..catalog.export import export_json, json_schema
 
-    text = json.dumps(json_schema(), indent=2) if args.format == "jsonschema" else export_json(_load(args))
+    if args.audit and args.format != "atlas-layer":
+        raise UsageError("--audit goes with --format atlas-layer")
+    if args.format == "jsonschema":
+        text = json.dumps(json_schema(), indent=2)
+    elif args.format == "stix":
+        from ..catalog.stix import export_stix
+
+        text = export_stix(_load(args))
+    elif args.format == "atlas-layer":
+        from ..catalog.navigator import AuditFormatError, layer
+
+        report = _read_audit(args.audit) if args.audit else None
+        try:
+            text = json.dumps(layer(_load(args), report, Path(args.audit).name if args.audit else ""), indent=2, ensure_ascii=False)
+        except AuditFormatError as exc:
+            raise UsageError(f"{args.audit}: {exc}") from None
+    else:
+        text = export_json(_load(args))
     if args.output:
         out = Path(args.output)
         if not out.parent.is_dir():
@@ -150,8 +182,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     with_root(p)
     p.set_defaults(func=cmd_cite)
 
-    p = sub.add_parser("export", help="the whole catalog as one JSON document, or its JSON Schema")
-    p.add_argument("--format", choices=("json", "jsonschema"), default="json")
+    p = sub.add_parser("export", help="the whole catalog as one JSON document, its JSON Schema, a STIX 2.1 bundle "
+                                      "or a MITRE ATLAS Navigator layer")
+    p.add_argument("--format", choices=("json", "jsonschema", "stix", "atlas-layer"), default="json",
+                   help="json: the flat export; stix: STIX 2.1 bundle (attack-patterns, courses of action, mitigates); "
+                        "atlas-layer: ATLAS Navigator layer scored by a-priori risk, or by --audit evidence")
+    p.add_argument("--audit", metavar="REPORT_JSON", help="with --format atlas-layer: score techniques by this audit's "
+                                                          "measured success rates (report.json of medfool audit)")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     with_root(p)
     p.set_defaults(func=cmd_export)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..catalog.atlas import load_atlas
+from ..catalog.atlas import url as atlas_url
 from ..catalog.cite import bibtex_of, format_text, public_entry
 from ..catalog.derive import (
     attacks_in_domain,
@@ -36,6 +38,12 @@ DOWNLOADS = {
     "downloads/catalog.json": "the flat JSON export (medfool export)",
     "downloads/catalog.schema.json": "its JSON Schema (medfool export --format jsonschema)",
     "downloads/audit-report.schema.json": "the JSON Schema of an audit's report.json (medfool audit --schema)",
+    "downloads/medfool.stix.json": "STIX 2.1 bundle: an attack-pattern per attack, a course-of-action per defence, "
+                                   "mitigates relationships, references to papers and MITRE ATLAS (medfool export --format stix)",
+    "downloads/medfool.atlas-layer.json": "MITRE ATLAS Navigator layer of the catalog's attacks, scored by a-priori risk "
+                                          "(medfool export --format atlas-layer)",
+    "downloads/medfool.atlas-layer.audit.json": "the same layer scored by the recorded audit of the reference model "
+                                                "(medfool export --format atlas-layer --audit docs/results/audit/report.json)",
 }
 
 
@@ -68,7 +76,8 @@ def _html(template: str, c: Catalog, here: str, **context: Any) -> str:
     """Render a page template into the page's raw block, with link helpers and the catalog's labels."""
     ln = Links(c, here)
     return block(render(template, c=c, to=ln.to, paper=ln.paper, papers=ln.papers, entry=ln.entry, entries=ln.entries,
-                        family=FAMILY_LABELS, route_label=lambda a: ROUTE_LABELS[route_of(a)], **context))
+                        family=FAMILY_LABELS, route_label=lambda a: ROUTE_LABELS[route_of(a)],
+                        atlas=load_atlas(), atlas_url=atlas_url, **context))
 
 
 def sec_dir(kind: str) -> str:
@@ -265,17 +274,20 @@ def index_page(c: Catalog, kind: str) -> Page:
     return Page(here, KIND_TITLES[kind], body)
 
 
-def cite_page(c: Catalog) -> Page:
+AUDIT_LAYER = "downloads/medfool.atlas-layer.audit.json"  # made only when the site has a recorded audit
+
+
+def cite_page(c: Catalog, audit: dict | None = None) -> Page:
     here = "cite.md"
     ln = Links(c, here)
-    downloads = [(ln.to(path, path.split("/")[-1]), what) for path, what in DOWNLOADS.items()]
+    downloads = [(ln.to(path, path.split("/")[-1]), what) for path, what in DOWNLOADS.items() if audit is not None or path != AUDIT_LAYER]
     return Page(here, "Cite and download", _html("cite.html", c, here, version=c.version, downloads=downloads))
 
 
 def all_pages(c: Catalog, results_dir: object = None, audit: dict | None = None,
               runs: Sequence[tuple[str, str]] = ()) -> list[Page]:
     """Every catalog page; ``runs`` are the recorded-run pages (uri, title) the H&E domain page links to."""
-    pages = [home(c), table1_page(c), routes_page(c), risk_page(c), cite_page(c)]
+    pages = [home(c), table1_page(c), routes_page(c), risk_page(c), cite_page(c, audit)]
     for kind in c.tables():
         pages.append(index_page(c, kind))
     pages += [attack_page(c, a, results_dir, audit) for a in c.attacks]

@@ -15,11 +15,14 @@ from mkdocs.structure.files import File, Files, InclusionLevel
 from ..catalog import CatalogError, Severity, load_catalog
 from ..catalog.cite import full_bibtex, full_csl
 from ..catalog.export import export_json, json_schema
+from ..catalog.navigator import AuditFormatError
+from ..catalog.navigator import layer as atlas_layer
+from ..catalog.stix import export_stix
 from ..reports.audit_schema import schema as audit_schema
 from .audit import audit_page, figure_files, read_audit
 from .benchmarks import benchmarks_page, charts
 from .html import esc
-from .pages import all_pages, nav
+from .pages import AUDIT_LAYER, all_pages, nav
 from .results import result_files
 from .slides import figure_files as slide_figures
 from .slides import slides_page
@@ -86,7 +89,16 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
             "downloads/catalog.json": export_json(c),
             "downloads/catalog.schema.json": json.dumps(json_schema(), indent=2),
             "downloads/audit-report.schema.json": json.dumps(audit_schema(), indent=2),
+            "downloads/medfool.stix.json": export_stix(c),
+            "downloads/medfool.atlas-layer.json": json.dumps(atlas_layer(c), indent=2, ensure_ascii=False),
         }
+        report = read_audit(self.audit_dir)
+        if report is not None:  # the recorded audit of the reference model, as ATLAS Navigator evidence
+            try:
+                layer = atlas_layer(c, report, f"{self.config.audit}/report.json")
+            except AuditFormatError as exc:
+                raise PluginError(f"medfool: {self.config.audit}/report.json: {exc}") from None
+            downloads[AUDIT_LAYER] = json.dumps(layer, indent=2, ensure_ascii=False)
         card = Path(__file__).resolve().parents[1] / "data" / "reference-model" / "MODEL_CARD.md"
         if card.is_file():  # our own text, written by `medfool model train`
             _add(files, File.generated(config, "reference-model.md", content=card.read_text(encoding="utf-8")))
