@@ -57,11 +57,12 @@ def _fooled(store: ResultsStore, plan: AuditPlan, probe: str, eps: float) -> dic
     return out
 
 
-def run_validity(correct: list[Item], target: Target, store: ResultsStore, plan: AuditPlan, *, tiles: int = 16,
+def run_validity(items: list[Item], target: Target, store: ResultsStore, plan: AuditPlan, *, tiles: int = 16,
                  more_draws: Target | None = None, batch_size: int = 32, resume: bool = False, progress: bool = True,
                  engine: Engine | None = None) -> list[Check]:
-    fp = target.run_fingerprint
-    sub = correct[:tiles]
+    """The checks on the first ``tiles`` of ``items`` that ``target`` classifies correctly (read from the plan's clean pass)."""
+    clean = {r["item"]: r for r in store.items([u.key for u in plan.clean])}
+    sub = [it for it in items if it.id in clean and clean[it.id]["pred_before"] == it.label][:tiles]
     checks: list[Check] = []
     if not sub:
         return [Check("none", "no correctly classified tile to check with", None, "not run", 0)]
