@@ -222,7 +222,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     finally:
         getattr(engine, "shutdown", lambda: None)()
     target, plan = audited.adaptive
-    plans = [plan] + [p for _, p in (audited.plain, audited.undefended) if p is not None]
+    plans = [plan] + [pair[1] for pair in (audited.plain, audited.undefended) if pair is not None]
     failures = [f for pl in plans for run in pl.runs for f in run.failures]
     for f in failures:
         if f.kind == "invalid":
