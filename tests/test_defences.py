@@ -227,3 +227,16 @@ def test_the_defended_audit_reports_adaptive_plain_and_undefended_and_resumes(tm
     assert main(args + ["--resume"]) == 0  # every unit reused: the same figures
     again = json.loads((tmp_path / "report.json").read_text())
     assert again["defence"] == first["defence"] and again["validity"] == first["validity"]
+
+
+def test_a_catalog_defence_names_only_registered_implementations(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "mini", root)
+    entry = next((root / "catalog" / "defence").glob("*.yaml"))
+    entry.write_text(entry.read_text() + "implementation: os-system\n")
+    assert main(["validate", str(root)]) == 1
+    assert "'os-system' is not in the registry of defences" in capsys.readouterr().out
+    entry.write_text(entry.read_text().replace("implementation: os-system", "implementation: jpeg"))
+    assert main(["validate", str(root)]) == 0
