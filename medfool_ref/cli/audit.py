@@ -237,7 +237,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     report.validity = [ValidityCheck(**vars(c)) for c in audited.checks]
     report.unreliable = any(c.passed is False for c in audited.checks)
     if audited.plain is not None and audited.undefended is not None:
-        from ..reports.audit import defence_section
+        from ..reports.defence import defence_section
 
         plain = build_report(store, audited.plain[1], audited.plain[0], data, device=str(target.device), date=date, engine=engine.name)
         base = build_report(store, audited.undefended[1], audited.undefended[0], data, device=str(target.device), date=date,
