@@ -197,7 +197,7 @@ def test_a_defended_target_is_keyed_by_its_chain_and_rebuilt_on_a_worker(tiles) 
     keys = {base.run_fingerprint, a.run_fingerprint, with_defences(base, ["jpeg:quality=75"], adaptive=False).run_fingerprint,
             with_defences(base, ["jpeg:quality=50"]).run_fingerprint}
     assert len(keys) == 4 and a.run_fingerprint == with_defences(base, ["jpeg:quality=75"]).run_fingerprint
-    assert a.defence == ("jpeg:quality=75",) and not base.defence  # the base target is untouched
+    assert a.defence == ("jpeg:quality=75",) and not hasattr(base, "defence")  # the base target is untouched
     again = rebuild(a.spec)
     assert again.run_fingerprint == a.run_fingerprint and again.defence == a.defence
     with torch.no_grad():

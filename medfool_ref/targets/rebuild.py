@@ -24,8 +24,11 @@ class _Config:
 
 def rebuild(spec: TargetSpec, device: str | torch.device | None = None) -> Target:
     """The target ``spec`` describes, on ``device``; its weights must hash as on the driver."""
-    from dataclasses import replace
+    from .defended import DefendedSpec, base_spec, with_defences
 
+    if isinstance(spec, DefendedSpec):  # the model's target first, then the same chain in front of it
+        inner = rebuild(base_spec(spec), device)
+        return with_defences(inner, list(spec.defence), adaptive=spec.adaptive, draws=spec.draws)
     device = torch.device(device or spec.device)
     if spec.kind == "reference":
         from safetensors.torch import load
@@ -47,19 +50,14 @@ def rebuild(spec: TargetSpec, device: str | torch.device | None = None) -> Targe
     else:
         model = spec.module
     model = model.to(device).eval()
-    target = Target(model, spec.classes, fingerprint(model), spec.name, spec.positive, spec.threshold, spec.config,
-                    replace(spec, defence=(), adaptive=True, draws=8))
+    target = Target(model, spec.classes, fingerprint(model), spec.name, spec.positive, spec.threshold, spec.config, spec)
     if target.fingerprint != spec.fingerprint:
         raise ValueError(f"the rebuilt model's weights differ from the driver's ({target.fingerprint[:12]} vs {spec.fingerprint[:12]})")
     if spec.precision != "float32" or spec.channels_last or spec.compiled:
+        from dataclasses import replace
+
         from .precision import with_precision
 
         target.spec = replace(spec, precision="float32", channels_last=False, compiled=False)
         target = with_precision(target, spec.precision, spec.channels_last, spec.compiled)
-    if spec.defence:
-        from .defended import with_defences
-
-        inner = replace(target.spec or spec, defence=(), adaptive=True, draws=8)
-        target.spec = inner
-        target = with_defences(target, list(spec.defence), adaptive=spec.adaptive, draws=spec.draws)
     return target

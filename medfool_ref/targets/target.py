@@ -30,21 +30,13 @@ class Target:
     precision: str = "float32"  # "bf16": the differentiated passes under bfloat16 autocast (targets.precision)
     channels_last: bool = False
     compiled: bool = False  # the model through torch.compile
-    defence: tuple[str, ...] = ()  # the defence chain in front of the model (canonical NAME:k=v texts; targets.defended)
-    adaptive: bool = True  # how the defended system is attacked: BPDA/EOT (True) or plainly through the real chain
-    draws: int = 8  # EOT draws per tile for a randomised defence in the adaptive mode
 
     @property
     def run_fingerprint(self) -> str:
-        """What units are keyed by: the weights' fingerprint, with the precision mode when it is not plain float32,
-        and the defence chain and its attack mode when there is one."""
+        """What units are keyed by: the weights' fingerprint, with the precision mode when it is not plain float32."""
         from .precision import run_fingerprint
 
-        base = run_fingerprint(self.fingerprint, self.precision, self.channels_last, self.compiled)
-        if not self.defence:
-            return base
-        mode = f"adaptive,draws={self.draws}" if self.adaptive else "plain"
-        return hashlib.sha256(f"{base}|defence={';'.join(self.defence)}|{mode}".encode()).hexdigest()
+        return run_fingerprint(self.fingerprint, self.precision, self.channels_last, self.compiled)
 
     @property
     def device(self) -> torch.device:
@@ -110,9 +102,6 @@ class TargetSpec:
     precision: str = "float32"
     channels_last: bool = False
     compiled: bool = False
-    defence: tuple[str, ...] = ()  # rebuilt in front of the model (targets.defended)
-    adaptive: bool = True
-    draws: int = 8
 
 
 def state_bytes(model: nn.Module) -> bytes:
