@@ -136,7 +136,7 @@ def _standing(store: ResultsStore, plan: AuditPlan, eps: float, sub: list[Item])
 
 
 def _gradient_free(target: Target, standing: list[Item], eps: float, batch_size: int) -> Check:
-    from ..attacks.random_search import random_noise, random_search
+    from .controls import random_noise, random_search
     from .plan import batches
 
     title = f"no gradient-free attack (random noise, 64 draws; random search, 300 queries) at {eps * 255:g}/255 fools a tile the white-box worst case left standing"

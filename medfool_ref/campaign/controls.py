@@ -7,7 +7,8 @@ Robustness"; AutoAttack's flags): a white-box attack must beat them, tile by til
   window per tile gets fresh signs, kept when the margin loss drops; all tiles step together.
 
 Neither reads a gradient, so a model that masks its gradients (a rounding layer, a non-differentiable defence)
-cannot hide from them. Untargeted only. Not in the registry: the audit runs them itself, on a small subset.
+cannot hide from them. Untargeted only. Not in the registry (and kept out of attacks/, whose files fingerprint the recorded
+runs): the audit's validity checks run them themselves, on a small subset.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from ._core import AttackResult, check_int, check_positive, finish, is_success, prepare, seeded_generator
+from ..attacks._core import AttackResult, check_int, check_positive, finish, is_success, prepare, seeded_generator
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
