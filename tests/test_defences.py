@@ -211,6 +211,8 @@ def test_the_defended_audit_reports_adaptive_plain_and_undefended_and_resumes(tm
             "--set", "pgd.steps=5", "--validity-tiles", "4", "--defence", "bit-depth:bits=3"]
     assert main(args) == 0, capsys.readouterr().err
     first = json.loads((tmp_path / "report.json").read_text())
+    out = capsys.readouterr().out
+    assert "adaptive" in out and "non-adaptive" in out
     assert main(["audit", "--schema"]) == 0
     jsonschema.validate(first, json.loads(capsys.readouterr().out))
     d = first["defence"]
