@@ -1,0 +1,1 @@
+"""Defences as code: input restoration, detection, hardening, certification, data sanitisation, integrity."""
