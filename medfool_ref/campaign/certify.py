@@ -33,11 +33,13 @@ def certify_units(items: Sequence[Item], *, sigma: float, n0: int, n: int, alpha
 
 
 def run_certify_unit(unit: Unit, target: Target, progress: Any = None) -> UnitOutcome:
+    import torch
+
     from ..defences.smoothing import certify
-    from .execute import load_items
+    from ..inputs.tiles import read_tile
 
     started = time.perf_counter()
-    x, y = load_items(unit.items, target.device)
+    x = torch.stack([read_tile(i.path) for i in unit.items]).to(target.device)  # a unit's tiles share a size (plan.batches)
     kw = unit.kwargs
     seed = int(kw["seed"]) + int.from_bytes(bytes.fromhex(unit.items[0].id[:8]), "big")  # each batch its own draws
     c = certify(target.model, x, sigma=kw["sigma"], n0=kw["n0"], n=kw["n"], alpha=kw["alpha"], chunk=kw["chunk"], seed=seed,
