@@ -71,7 +71,7 @@ def execute(unit: Unit, target: Target, *, progress: Progress | None = None) -> 
     if unit.attack == PREDICT:
         out = _predict(unit, target)
     elif unit.attack == "certify":  # randomized smoothing's CERTIFY (campaign/certify.py; issue 22)
-        from .certify import run_certify_unit
+        from .certify_exec import run_certify_unit
 
         out = run_certify_unit(unit, target, progress)
     else:
