@@ -98,3 +98,14 @@ def test_pins_are_validated_and_a_pin_without_its_file_is_refused(tmp_path: Path
     with pytest.raises(IntegrityError, match="no --weights file"):
         verify_pins({"weights_sha256": "a" * 64}, weights=None, factory=None)
     assert verify_pins(None, weights=None, factory=None) == []
+
+
+def test_a_defence_entry_may_name_only_a_registered_defence(tmp_path: Path, capsys) -> None:
+    root = Path(__file__).resolve().parents[1]
+    for d in ("catalog", "bib"):
+        shutil.copytree(root / d, tmp_path / d)
+    entry = tmp_path / "catalog" / "defence" / "adversarial-training.yaml"
+    entry.write_text(entry.read_text().replace("implementation: pgd-adversarial-training", "implementation: os.system"))
+    assert main(["validate", str(tmp_path)]) == 1
+    err = capsys.readouterr()
+    assert "'os.system' is not in the defences registry" in err.out + err.err

@@ -165,10 +165,18 @@ class _Checker:
                 self.ref(d.id, ("counters", i), a, c.attacks, "attack")
             for i, p in enumerate(d.papers):
                 self.ref(d.id, ("papers", i), p, c.papers, "paper")
+            self.defence_implementation(d)
         self.stable_ids()
         self.datasets()
         self.risk()
         self.bib()
+
+    def defence_implementation(self, d: Any) -> None:
+        """A defence's ``implementation`` must be a defences-registry name (the hardening table for now)."""
+        from ..defences.registry_hardening import NAMES
+
+        if d.implementation is not None and d.implementation not in NAMES:
+            self.report(d.id, ("implementation",), f"{d.implementation!r} is not in the defences registry ({', '.join(sorted(NAMES))})")
 
     def attacks(self) -> None:
         from ..registry import IMPLEMENTATIONS

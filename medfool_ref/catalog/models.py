@@ -288,6 +288,8 @@ class Defence(Strict):
     papers: list[Slug | BibKey] = []
     summary: Prose
     limitations: Text
+    implementation: str | None = None  # a name in the defences registry (loader-checked); null: say why in notes
+    notes: Text | None = None
 
 
 # --------------------------------------------------------------------------- dataset
