@@ -30,3 +30,13 @@ HARDENING_DEFENCES: tuple[dict[str, object], ...] = (
 )
 
 NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)
+
+HARDENING_DEFENCES = HARDENING_DEFENCES + (
+    {"name": "spectral-signatures", "kind": "data-sanitisation", "catalog": None,
+     "code": "medfool_ref.defences.sanitise:spectral_signatures", "params": {"expected_fraction": 0.1, "multiplier": 1.5},
+     "citation": "Tran, Li & Madry, NeurIPS 2018"},
+    {"name": "activation-clustering", "kind": "data-sanitisation", "catalog": None,
+     "code": "medfool_ref.defences.sanitise:activation_clustering", "params": {"dims": 10, "max_share": 0.35},
+     "citation": "Chen et al., SafeAI@AAAI 2019"},
+)
+NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)
