@@ -101,3 +101,21 @@ def test_the_sample_audit_reports_held_out_tiles_first(tmp_path: Path, capsys) -
     assert out.index("held-out tiles") < out.index("training tiles") < out.index("all tiles")
     html = (tmp_path / "report.html").read_text()
     assert html.index("Held-out tiles (15)") < html.index("Training tiles (50)") < html.index("All 65 tiles together")
+
+
+def test_attack_defaults_are_quick_and_the_papers_budget_is_one_flag_away(tmp_path: Path, capsys) -> None:
+    from medfool_ref.cli.budget import planned_passes
+    from medfool_ref.registry import SPECS
+
+    defaults = {k: e.default for k, e in SPECS["one-pixel"].parameters().items()}
+    assert planned_passes("one-pixel", {}, defaults) == (40_400, 0)  # the paper's 400 x 100: the function's own default
+    code, _, err = run(capsys, "attack", "one-pixel", "--tile", "sample:TUM", "--out", str(tmp_path / "q"), "--set", "generations=1")
+    assert code == 0, err
+    params = json.loads((tmp_path / "q" / "report.json").read_text())["params"]
+    assert params["population"] == 100 and params["generations"] == 1  # the quick preset, --set on top
+    assert "estimate: at most about" in err and "200 forward" in err and "--preset paper" in err  # printed before the run
+    code, _, err = run(capsys, "attack", "one-pixel", "--tile", "sample:TUM", "--out", str(tmp_path / "p"), "--preset", "paper",
+                       "--set", "generations=0")
+    assert code == 0, err
+    assert json.loads((tmp_path / "p" / "report.json").read_text())["params"]["population"] == 400
+    assert "400 forward" in err and "the paper's budget" in err
