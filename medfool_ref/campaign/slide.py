@@ -120,7 +120,8 @@ class TileProgress:
         import sys
         import time
 
-        self.total, self.label, self.done, self.printed = total, label, 0, False
+        self.total, self.label, self.done = total, label, 0
+        self.shown: int | None = None  # the count last printed
         self.clock = time.monotonic
         self.start = self.last = self.clock()
         self.stream = sys.stderr
@@ -134,7 +135,7 @@ class TileProgress:
     def line(self) -> str:
         spent = max(self.clock() - self.start, 1e-9)
         rate = self.done / spent
-        text = f"{self.label}: {self.done:,}/{self.total:,} tiles ({self.done / max(self.total, 1):.0%}), {rate:.1f} tiles/s"
+        text = f"{self.label} {self.done:,}/{self.total:,} ({self.done / max(self.total, 1):.0%}), {rate:.1f} tiles/s"
         if self.done < self.total:
             text += f", about {_duration((self.total - self.done) / rate)} left" if rate > 0 else ", time left unknown yet"
         return text + f" ({_duration(spent)} so far)"
@@ -144,15 +145,17 @@ class TileProgress:
         if self.bar is not None:
             self.bar.update(n)
         elif self.enabled and self.clock() - self.last >= self.EVERY_S:
-            self.last = self.clock()
-            self.printed = True
-            print(self.line(), file=self.stream, flush=True)
+            self.show()
+
+    def show(self) -> None:
+        self.last, self.shown = self.clock(), self.done
+        print(self.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.printed:
-            print(self.line(), file=self.stream, flush=True)
+        elif self.shown is not None and self.shown != self.done:
+            self.show()
 
 
 def _duration(seconds: float) -> str:

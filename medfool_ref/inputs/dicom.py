@@ -102,7 +102,8 @@ def write_dicom(folder: str | Path, *, width: int, height: int, mpp: float, read
         patient=Patient(), equipment=Equipment(manufacturer="medfool", software_versions=["medfool"]),
         slide=SlideMeta(identifier="medfool", samples=[SlideSample(identifier="medfool", uid=uid("sample"))]),
         pyramid=Pyramid(image=Image(pixel_spacing=spacing), optical_paths=[OpticalPath()], uid=uid("pyramid"),
-                        description=description[:1024] or None),
+                        description=(description[:61] + "...") if len(description) > 64 else description or None,
+                        comments=description[:10240] or None),
         label=Label(), frame_of_reference_uid=uid("frame"), dimension_organization_uids=[uid("dimension")])
     base = WsiMetadataDicomSchema().dump(meta, ImageType.VOLUME)
     dims = pyramid_dims(width, height, tile)
