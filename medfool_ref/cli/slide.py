@@ -3,8 +3,10 @@ tiles as a pyramidal TIFF), ``predict`` (tiles through the campaign core, slide-
 (a tile attack on chosen tiles, the calls before and after, the flip search, the attacked slide written back),
 ``train-mil`` (the attention head, deterministic) and ``demo`` (the recorded run behind the site's page).
 
-A refused slide, layout or option is one line, exit 2: a corrupt or truncated slide, an unsupported format, no
-tissue, a region outside the slide, a missing mpp.
+A slide is any file OpenSlide reads or a DICOM WSI (its folder of .dcm files, or one of them); ``attack`` writes the
+attacked slide as a pyramidal TIFF and/or a DICOM WSI (``--write-format``). A refused slide, layout or option is one
+line, exit 2: a corrupt or truncated slide, an unsupported format, a folder that is no DICOM WSI, no tissue, a region
+outside the slide, a missing mpp, a tissue mask over ``--pixel-budget`` or a grid over ``--max-tiles``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ level, tissue detection, the tile grid at the model's resolution, and pyramidal 
 Formats are OpenSlide's (Aperio SVS, generic tiled TIFF, Hamamatsu, Leica, MIRAX, Philips, Sakura, Trestle,
 Ventana, Zeiss, DICOM). Tissue is found with Otsu's threshold (Otsu 1979) on the HSV saturation (or the
 optical density) of a low-resolution read. Memory stays flat in the slide's size: every read is at most
-``CHUNK`` pixels a side at the level read, the tissue map at most ``MASK_SIDE``, and TIFFs are streamed.
+``CHUNK`` pixels a side at the level read, the tissue map at most ``MASK_SIDE``, and TIFFs are streamed. A slide whose
+tissue map would decode more than ``PIXEL_BUDGET`` pixels (no coarse pyramid level) or whose grid would exceed
+``MAX_TILES`` is refused before any read. A DICOM WSI is opened as its folder (or any one of its .dcm files).
 Depends on numpy, Pillow, torch, openslide-python (+ openslide-bin) and tifffile.
 """
 
