@@ -82,7 +82,8 @@ def test_info_and_predict_read_the_dicom_as_the_svs(cmu1_dicom: Path, tmp_path: 
         assert code == 0, err
         got[name] = (json.loads((tmp_path / name / "report.json").read_text()), _rows(tmp_path / name / "predictions.csv"))
     lines = [ln for ln in err.splitlines() if ln.startswith("slide: tiles")]
-    assert len(lines) >= 2 and "tiles/s" in lines[0] and "left" in lines[0] and lines[-1].startswith(f"slide: tiles {len(got['dicom'][1])}/")
+    assert len(lines) >= 2 and "tiles/s" in lines[0] and "left" in lines[0]
+    assert lines[-1].startswith(f"slide: tiles {len(got['dicom'][1])}/{len(got['dicom'][1])} (100%)")
     (rs, ps), (rd, pd) = got["svs"], got["dicom"]
     assert rd["slide"]["vendor"] == "dicom" and rd["grid"] == rs["grid"] and len(ps) > 20
     # the tissue mask is read at the DICOM's 4x level, the SVS's only level is 1x: fractions move a little, tiles do not

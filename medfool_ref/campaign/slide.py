@@ -420,7 +420,8 @@ def attack_slide(plan: SlidePlan, pred: Predictions, target: Target, store: Resu
     except PlanError as exc:
         raise SlideRunError(str(exc)) from None
     run = run_campaign(units, target, store, engine=engine or SlideEngine(label=f"slide: {attack}", progress=progress), resume=resume,
-                       progress=progress and engine is not None, label=f"slide: {attack}", meta={"slide": plan.path, "slide_sha256": plan.sha256})
+                       progress=progress and engine is not None, label=f"slide: {attack}",
+                       meta={"slide": plan.path, "slide_sha256": plan.sha256})
     _checked(run)
     where, fooled = {}, {}
     for u in store.units(keys=run.keys):
@@ -547,7 +548,7 @@ def write_attacked(plan: SlidePlan, a: SlideAttack, store: ResultsStore, out_pat
             from ..inputs.dicom import write_dicom
 
             if out_path.exists():
-                raise SlideRunError(f"{out_path}: already exists; a DICOM WSI is written into a new folder (remove it or give another --out)")
+                raise SlideRunError(f"{out_path}: already exists; a DICOM WSI is written into a new folder")
             shutil.rmtree(partial, ignore_errors=True)
             dims = write_dicom(partial, width=W, height=H, mpp=plan.info["mpp_used"], read_level=read_level, tile=tile, description=note,
                                compression=dicom, seed=f"{plan.sha256}|{a.attack}|{','.join(map(str, a.order.tolist()))}")

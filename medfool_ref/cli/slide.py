@@ -217,6 +217,10 @@ def run_attack_command(args: argparse.Namespace) -> int:
         raise UsageError("give --tiles K or --fraction F (or --search to try every eligible tile)")
     params = parse_sets(SPECS[args.attack], args.set)
     out = Path(args.out)
+    folder = out / f"{Path(slide_path(args.slide)).stem}-attacked-dicom"
+    if not args.no_write and args.write_format != "tiff" and folder.exists():
+        raise UsageError(f"{folder}: already exists; a DICOM WSI is written into a new folder "
+                         "(remove it, give another --out or --no-write)")
     target, head, plan, thresholds, pred, store, truth, doc = _predict(args, out)
     primary = "attention" if "attention" in pred.calls else "max"
     goal = args.goal if args.goal != "auto" else ("miss" if pred.calls[primary]["call"] else "overcall")
@@ -235,7 +239,7 @@ def run_attack_command(args: argparse.Namespace) -> int:
     if not args.no_write and args.write_format in ("tiff", "both"):
         written = write_attacked(plan, a, store, out / f"{stem}-attacked.tif")
     if not args.no_write and args.write_format in ("dicom", "both"):
-        dicom = write_attacked(plan, a, store, out / f"{stem}-attacked-dicom", dicom=args.dicom_compression)
+        dicom = write_attacked(plan, a, store, folder, dicom=args.dicom_compression)
     names = [Path(w["path"]).name + ("/" if w is dicom else "") for w in (written, dicom) if w]
     doc.update({"kind": "medfool-slide-attack", "catalog": _catalog_links(args.attack),
                 "attack": {"name": args.attack, "params": params, "goal": goal, "view": a.view,

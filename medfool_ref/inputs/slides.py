@@ -32,7 +32,8 @@ MASK_SIDE = 2048  # the tissue map's largest side
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm"}
-FORMATS = "Aperio SVS, generic tiled TIFF, Hamamatsu, Leica SCN, MIRAX, Philips TIFF, Sakura, Trestle, Ventana, Zeiss CZI, DICOM WSI (a folder of .dcm files, or one of them)"
+FORMATS = ("Aperio SVS, generic tiled TIFF, Hamamatsu, Leica SCN, MIRAX, Philips TIFF, Sakura, Trestle, Ventana, Zeiss CZI, "
+           "DICOM WSI (a folder of .dcm files, or one of them)")
 CLAMP = {"saturation": (0.04, 0.10), "od": (0.03, 0.10)}  # Otsu kept in this band: tissue saturation is broad
 READERS = min(8, os.cpu_count() or 2)
 CACHE_BYTES = 16 << 20  # decoded slide tiles kept for neighbouring reads, shared by all handles
