@@ -182,6 +182,21 @@ SPECS: dict[str, AttackSpec] = {s.name: s for s in (
     AttackSpec("direct-gradient-poisoning", "poisoning", "direct_gradient_poison", "direct-gradient-poisoning", "training",
                "never", "white-box", "the per-tile gradient baseline the generator is timed against",
                showcase=Showcase(same_as="generative-poisoning", recorded=True)),
+    # --- natural ---
+    AttackSpec("adversarial-stain-perturbation", "stain", "stain_perturbation", "adversarial-stain-perturbation", "tiles",
+               "optional", "white-box", "the worst H&E stain vectors and concentrations within a stated range, by gradient",
+               budget=Budget("max_angle_deg", 8.0, (4.0, 8.0, 12.0), "degrees"), showcase=Showcase(limit=6)),
+    AttackSpec("white-balance-shift", "whitebalance", "white_balance", "white-balance-shift", "tiles", "optional", "black-box",
+               "the worst camera colour temperature and tint within a stated range, from a query budget",
+               showcase=Showcase(limit=6)),
+    AttackSpec("physical-artefacts", "artefacts", "physical_artefacts", "physical-artefacts", "tiles", "optional", "black-box",
+               "the worst placement of generated ink, bubble, fold or blur artefacts from a query budget",
+               showcase=Showcase(runs=(_p(kind="ink"), _p(kind="bubble"), _p(kind="fold"), _p(kind="blur")), limit=4,
+                                 groups="first")),
+    AttackSpec("gradient-shielding", "shielding", "gradient_shielding", "gradient-shielding", "tiles", "optional", "white-box",
+               "PGD restricted to the most gradient-sensitive pixels, beside a random mask and plain PGD",
+               budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"), showcase=Showcase(limit=6)),
+    # --- end natural ---
 )}
 
 # name -> (module under medfool_ref.attacks, function name); what the catalog may name
