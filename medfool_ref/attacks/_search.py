@@ -50,14 +50,27 @@ def random_search(counted: CountingModel, x: torch.Tensor, labels: torch.Tensor,
     return p[rows, best], m[rows, best], (m < 0).float().mean(1)
 
 
+def grid_search(counted: CountingModel, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None, render: Render,
+                grid: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same candidate grid (G, P) for every tile: the best point and its margin."""
+    m = score(counted, x, labels, target, render, grid.expand(x.shape[0], -1, -1), chunk)
+    j = m.argmin(1)
+    return grid[j], m[torch.arange(x.shape[0], device=x.device), j]
+
+
 def local_search(counted: CountingModel, x: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None, render: Render,
                  dim: int, queries: int, gen: torch.Generator, *, explore: float = 0.25, population: int = 8,
-                 sigma: float = 0.2, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random exploration with a share ``explore`` of the queries, then a (1+lambda) evolution strategy around each
-    tile's best with a shrinking step (halved when a generation finds nothing better). Exactly ``queries`` model
-    queries per tile. Returns the best parameters and their margins."""
-    first = max(1, min(queries, round(queries * explore)))
-    best, best_m, _ = random_search(counted, x, labels, target, render, dim, first, gen, chunk)
+                 sigma: float = 0.2, chunk: int = 64, start: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random exploration with a share ``explore`` of the queries (or a given ``start``: best points and margins,
+    already paid for), then a (1+lambda) evolution strategy around each tile's best with a shrinking step (halved
+    when a generation finds nothing better). Exactly ``queries`` model queries per tile (beyond ``start``'s).
+    Returns the best parameters and their margins."""
+    if start is None:
+        first = max(1, min(queries, round(queries * explore)))
+        best, best_m, _ = random_search(counted, x, labels, target, render, dim, first, gen, chunk)
+    else:
+        (best, best_m), first = start, 0
     left = queries - first
     step = torch.full((x.shape[0], 1), sigma, device=x.device)
     rows = torch.arange(x.shape[0], device=x.device)

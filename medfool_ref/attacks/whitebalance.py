@@ -6,8 +6,10 @@ white-balanced for ``reference_k`` kelvin and re-rendered as if the scanner or c
 temperature: von Kries per-channel gains on linear sRGB, from the Planckian locus (Kim et al.'s cubic approximation of
 its chromaticity, 1667-25000 K) converted to linear sRGB, times a green-magenta ``tint`` gain; gains are normalised to
 keep the mean luminance. The default range, 2850-7500 K, spans the camera presets Afifi & Brown render (tungsten to
-shade). Black-box: a budget of ``queries`` model calls per tile, a quarter spent on random settings, the rest on a
-local search around the worst so far; the baseline is the same number of random settings from the same range.
+shade); the default searches a narrower 4500-8000 K, tint +-3%, closer to what a scanner's calibration could drift by.
+Black-box: a budget of ``queries`` model calls per tile, about half on a grid over the range (its corners included),
+the rest on a local search around the worst grid point; the baseline is the same number of random settings from the
+same range (a tile counts as fooled if any of them fools it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from ._core import AttackResult, CountingModel, Progress, check_int, check_positive, finish, prepare, seeded_generator
-from ._search import local_search, random_search
+from ._search import grid_search, local_search, random_search
 
 _XYZ_TO_SRGB = torch.tensor([[3.2406, -1.5372, -0.4986], [-0.9689, 1.8758, 0.0415], [0.0557, -0.2040, 1.0570]], dtype=torch.float64)
 LOCUS = (1667.0, 25000.0)  # kelvin: where the approximation holds
@@ -86,7 +88,13 @@ def white_balance(model: nn.Module, images: torch.Tensor, labels: torch.Tensor |
     def render(xs: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return rebalance(xs, *settings(p), reference_k)
 
-    best, _ = local_search(counted, x, y, t, render, 2, queries, seeded_generator(seed, x.device))
+    tints = 3 if queries >= 9 and max_tint > 0 else 2 if queries >= 4 and max_tint > 0 else 1
+    temps = max(1, queries // (2 * tints))  # half the queries on a grid that includes the corners of the range
+    grid = torch.cartesian_prod(torch.linspace(0, 1, temps, device=x.device) if temps > 1 else torch.full((1,), 0.5, device=x.device),
+                                torch.linspace(0, 1, tints, device=x.device) if tints > 1 else torch.full((1,), 0.5, device=x.device))
+    start = grid_search(counted, x, y, t, render, grid)
+    best, _ = local_search(counted, x, y, t, render, 2, queries - grid.shape[0], seeded_generator(seed, x.device), start=start,
+                           sigma=0.5 / temps)
     with torch.no_grad():
         adv = render(x, best)
     kelvin, tint = settings(best)
