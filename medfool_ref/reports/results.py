@@ -59,6 +59,10 @@ def tile_summary(store: ResultsStore, name: str, entries: list[Entry], classes: 
         out["pgd_expected_success_same_draws"] = c.get("expected_success_mean")
         out["pgd_success_untransformed"] = c["success_rate"]
     out.update(baseline_figures(m))
+    if m.get("random_baseline_success_mean") is not None and m["success_rate"] is not None:
+        base = round(m["random_baseline_success_mean"] * m["images"])
+        word = "beats" if m["successes"] > base else "ties with" if m["successes"] == base else "does not beat"
+        out["versus_random_baseline"] = f"{word} it on these tiles ({m['successes']}/{m['images']} vs {base}/{m['images']})"
     pick = example_record(store, entry.keys, classes)
     if pick is not None and draw_example(store, *pick, classes, folder / "comparison.png"):
         out["example_tile"] = pick[1]["name"]

@@ -42,6 +42,7 @@ LABELS = {
     "random_single_draw_success": "a single random draw from the same range (expected share of tiles fooled)",
     "pgd_success_same_budget": "plain PGD at the same L-inf budget and steps (success rate)",
     "pgd_mean_l0": "plain PGD's mean changed pixels (L0)",
+    "versus_random_baseline": "against its random baseline",
     "by_run": "per run (tiles fooled; random baseline; single random draw)",
     "target": "target class",
     "before_after": "predictions before -> after (tiles)",
