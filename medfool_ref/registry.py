@@ -206,7 +206,7 @@ SPECS: dict[str, AttackSpec] = {s.name: s for s in (
     # --- end natural ---
 )}
 
-# name -> (module under medfool_ref.attacks, function name); what the catalog may name
+# name -> (module under medfool_ref.attacks, or a dotted name under medfool_ref, function name); what the catalog may name
 IMPLEMENTATIONS: dict[str, tuple[str, str]] = {name: (s.module, s.function) for name, s in SPECS.items()}
 
 
