@@ -72,7 +72,11 @@ def execute(unit: Unit, target: Target, *, progress: Progress | None = None) -> 
         out = _predict(unit, target)
     else:
         kind = spec_of(unit.attack).inputs
-        out = {"tiles": _tiles, "tiles+training": _patch, "none": _fooling, "training": _training}[kind](unit, target, progress)
+        if kind == "tiles+training" and unit.attack != "patch":  # a universal pattern (campaign/universal.py)
+            from .universal import run_universal as run_kind
+        else:
+            run_kind = {"tiles": _tiles, "tiles+training": _patch, "none": _fooling, "training": _training}[kind]
+        out = run_kind(unit, target, progress)
     out.seconds = out.seconds or time.perf_counter() - started
     out.device = str(target.device)
     return out
