@@ -192,9 +192,10 @@ SPECS: dict[str, AttackSpec] = {s.name: s for s in (
     AttackSpec("utap", "universal", "utap", "utap", "tiles+training", "never", "white-box",
                "one L-inf pattern that scrambles the penultimate features, computed without labels",
                budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"), showcase=Showcase(support=18, recorded=True)),
-    AttackSpec("moea-apga", "moea", "moea_apga", "moea-apga", "tiles", "optional", "black-box",
+    AttackSpec("moea-apga", "moea", "moea_apga", "moea-apga", "tiles", "required", "black-box",
                "NSGA-II over low-resolution perturbations: margin and L2 norm as two objectives, probabilities only",
-               budget=Budget("eps_max", 16 / 255, (8 / 255, 16 / 255), "/255"), showcase=Showcase(limit=2, recorded=True)),
+               budget=Budget("eps_max", 16 / 255, (8 / 255, 16 / 255), "/255"), default_target="NORM",
+               showcase=Showcase(target="NORM", limit=6, recorded=True)),
     # --- end universal ---
 )}
 

@@ -13,8 +13,7 @@ import torch
 
 from medfool_ref.attacks.moea import moea_apga, pareto_ranks, random_search
 from medfool_ref.attacks.universal import common_noise, evaluate, fit, uap, utap
-from medfool_ref.campaign.plan import PlanError, sample_items
-from medfool_ref.campaign.universal import showcase_split, universal_units
+from medfool_ref.campaign.plan import PlanError, sample_items, showcase_split, universal_units
 from medfool_ref.targets.target import reference_target
 
 EPS = 8 / 255

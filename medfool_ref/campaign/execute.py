@@ -73,7 +73,11 @@ def execute(unit: Unit, target: Target, *, progress: Progress | None = None) -> 
     else:
         kind = spec_of(unit.attack).inputs
         if kind == "tiles+training" and unit.attack != "patch":  # a universal pattern (campaign/universal.py)
-            from .universal import run_universal as run_kind
+            from .universal import run_universal
+
+            def run_kind(u: Unit, t: Target, p: Progress | None) -> UnitOutcome:
+                return run_universal(u, t, p, load_items=load_items, view=view, probs=_probs, scored=_scored,
+                                     outcome=_outcome, positive=_positive)
         else:
             run_kind = {"tiles": _tiles, "tiles+training": _patch, "none": _fooling, "training": _training}[kind]
         out = run_kind(unit, target, progress)

@@ -101,7 +101,7 @@ def plan(names: list[str], target: Target, correct: list[Item]) -> dict[str, lis
                     control = tile_units(sc.control[0], tiles, params=dict(sc.control[1]), target=goal, batch_size=BATCH,
                                          options=opts, label=f"control of {name}: {label}")
             elif s.inputs == "tiles+training" and name != "patch":  # a universal pattern: support and scored tiles disjoint
-                from .universal import showcase_split, universal_units
+                from .plan import showcase_split, universal_units
 
                 support, others = showcase_split(groups, goal, sc.support)
                 units = universal_units(name, others, support, params=params, target=goal, batch_size=BATCH,

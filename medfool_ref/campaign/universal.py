@@ -9,7 +9,7 @@ support tiles (``covered``).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -17,36 +17,7 @@ from ..inputs.tiles import png_bytes, quantise
 from ..registry import spec as spec_of
 from ..targets.target import Target
 from .outcome import Artifact, UnitOutcome
-from .plan import PlanError, _check_target, _frozen, batches, resolve_params
-from .units import Item, Unit
-
-UNIVERSAL = ("uap", "common-noise", "utap")
-
-
-def universal_units(attack: str, items: Sequence[Item], support: Sequence[Item], *, params: dict[str, Any] | None = None,
-                    target: int | None = None, batch_size: int = 64, keep_images: bool = False, label: str = "") -> list[Unit]:
-    """Units of a universal attack: the pattern computed on ``support`` (one tile size), scored on ``items``."""
-    s = spec_of(attack)
-    if attack not in UNIVERSAL:
-        raise PlanError(f"{attack} is not a universal-pattern attack")
-    _check_target(s, target)
-    if not support:
-        raise PlanError(f"{attack} needs support tiles to compute its pattern on")
-    overlap = {i.id for i in support} & {i.id for i in items}
-    if overlap:
-        raise PlanError(f"{attack}: {len(overlap)} tile(s) are both support and scored; a universal pattern is measured on other tiles")
-    p, sup = _frozen(resolve_params(s, params)), tuple(support)
-    return [Unit(attack, p, b, sup, target, (), keep_images, label) for b in batches(items, batch_size)]
-
-
-def showcase_split(groups: list[list[Item]], goal: int | None, support: int) -> tuple[list[Item], list[Item]]:
-    """Support: every other tile of the largest size group (not of the target class), at most ``support``;
-    scored: every other such tile of every group."""
-    big = max(groups, key=len)
-    chosen = [i for i in big if i.label != goal][0::2][:support]
-    ids = {i.id for i in chosen}
-    return chosen, [i for g in groups for i in g if i.label != goal and i.id not in ids]
-
+from .units import Unit
 
 def pattern_png(delta: torch.Tensor, eps: float) -> bytes:
     """A pattern (or the first of per-class patterns) mapped from [-eps, eps] to [0, 1] for viewing."""
@@ -54,9 +25,12 @@ def pattern_png(delta: torch.Tensor, eps: float) -> bytes:
     return png_bytes(((d / (2 * max(eps, 1e-12))) + 0.5).clamp(0, 1))
 
 
-def run_universal(unit: Unit, target: Target, progress: Callable[..., None] | None) -> UnitOutcome:
+def run_universal(unit: Unit, target: Target, progress: Callable[..., None] | None, *, load_items: Callable[..., Any],
+                  view: Callable[..., Any], probs: Callable[..., Any], scored: Callable[..., Any], outcome: Callable[..., Any],
+                  positive: Callable[..., Any]) -> UnitOutcome:
+    """Compute the pattern on the support tiles and score the unit's tiles; the executor passes its scoring helpers
+    (``campaign/execute.py``), so that scoring is the same as for every other attack."""
     from ..attacks.universal import evaluate
-    from .execute import _outcome, _positive, _probs, _scored, load_items, view
 
     s = spec_of(unit.attack)
     kw = dict(unit.kwargs)
@@ -79,7 +53,7 @@ def run_universal(unit: Unit, target: Target, progress: Callable[..., None] | No
     if unit.items:
         x, y = load_items(unit.items, target.device)
         model, y = view(unit, target, y)
-        p0 = _probs(model, x)
+        p0 = probs(model, x)
         labels = y if y is not None else p0.argmax(1)
         goal = None if unit.target is None else torch.full_like(labels, unit.target)
         if delta.ndim == 4:  # a per-class pattern is picked by the tile's class
@@ -90,10 +64,10 @@ def run_universal(unit: Unit, target: Target, progress: Callable[..., None] | No
         per = {"random_success": ev["random_success"].float().cpu()}
         if labels_for is not None:
             per["covered"] = torch.tensor([float(int(c) in set(covered_classes or [])) for c in labels.tolist()])
-        records = _scored(unit, model, x, ev["adversarial"], labels, goal, p0, per, _positive(unit, target))
+        records = scored(unit, model, x, ev["adversarial"], labels, goal, p0, per, positive(unit, target))
         if unit.keep_images:
             artifacts += [Artifact(f"adversarial/{i}.png", "image/png", png_bytes(quantise(ev["adversarial"][i])))
                           for i in range(x.shape[0])]
-    return _outcome(unit, records, seconds=time.perf_counter() - started, forward_calls=r.forward_calls,
+    return outcome(unit, records, seconds=time.perf_counter() - started, forward_calls=r.forward_calls,
                     forward_images=r.forward_images, backward_calls=r.backward_calls, backward_images=r.backward_images,
                     iterations=r.iterations, extra=extra, artifacts=artifacts)

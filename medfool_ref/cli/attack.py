@@ -71,7 +71,8 @@ def run_attack(args: argparse.Namespace) -> int:
     except (TileError, ModelFileError) as exc:
         raise UsageError(str(exc)) from None
     classes = target.classes
-    goal = class_index(args.target, classes, "--target") if args.target is not None else None
+    wanted = args.target if args.target is not None else (s.default_target if s.command == "attack" else None)
+    goal = class_index(wanted, classes, "--target") if wanted is not None else None
     if goal is not None and s.targeted == "never":
         raise UsageError(f"{args.name} is untargeted; --target is not accepted")
     label = class_index(args.label, classes, "--label") if args.label is not None else None
@@ -81,7 +82,7 @@ def run_attack(args: argparse.Namespace) -> int:
         if s.inputs == "tiles":
             units = tile_units(s.name, [item], params=params, target=goal, keep_images=True)
         elif s.inputs == "tiles+training" and s.name != "patch":  # a universal pattern, computed on other sample tiles
-            from ..campaign.universal import universal_units
+            from ..campaign.plan import universal_units
 
             support = _universal_support(target, out, goal, args.resume, item, s.showcase.support)
             units = universal_units(s.name, [item], support, params=params, target=goal, keep_images=True)
@@ -115,7 +116,7 @@ def _universal_support(target: Any, out: Path, goal: int | None, resume: bool, i
     from ..campaign.plan import by_size
     from ..campaign.showcase import correct_items
     from ..campaign.store import ResultsStore
-    from ..campaign.universal import showcase_split
+    from ..campaign.plan import showcase_split
 
     correct, _ = correct_items(target, ResultsStore(out), resume=resume)
     support, _ = showcase_split(by_size([i for i in correct if i.id != item.id]), goal, limit)
