@@ -28,8 +28,10 @@ def copy_project(dest: Path) -> Path:
 
 
 def build(project: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    # PYTHONSAFEPATH: like the `mkdocs` script, do not put the cwd on sys.path, where the copied
+    # medfool_ref/data would shadow the installed package as an empty namespace package
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(project / "mkdocs.yml"), "-d", str(out)],
-                          capture_output=True, text=True, cwd=project, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+                          capture_output=True, text=True, cwd=project, env={**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONSAFEPATH": "1"})
 
 
 class Page(HTMLParser):

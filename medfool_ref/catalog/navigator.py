@@ -14,7 +14,7 @@ import math
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from importlib.metadata import version as _dist_version
 from .atlas import load_atlas, parent_of, url
 from .risk import likelihood, scores
 
@@ -156,7 +156,7 @@ def layer(c: Catalog, report: dict[str, Any] | None = None, report_name: str = "
                        f"success rates (% of the initially correct tiles fooled) that its attacks reached in the audit "
                        f"{report_name}; comments give every run's k/n, rate and interval. No score: not run in this audit.")
         legend = [{"label": "0% fooled (lower 95% bound)", "color": WHITE}, {"label": "100% fooled (lower 95% bound)", "color": RED}]
-    metadata = [{"name": "generated_by", "value": f"medfool {__version__}"},
+    metadata = [{"name": "generated_by", "value": f"medfool {_dist_version('medfool')}"},
                 {"name": "catalog_version", "value": c.version},
                 {"name": "atlas_data_version", "value": atlas.version}]
     if report is not None:
