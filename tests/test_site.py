@@ -244,7 +244,7 @@ def test_results_show_provenance_and_staleness(tmp_path: Path) -> None:
               "provenance": provenance}
     (folder / "report.json").write_text(json.dumps(report))
     html = results_html("fgsm", tmp_path, "attacks/fgsm.md")
-    assert "<dd>40</dd>" in html and "<dd>88.9%</dd>" in html and "not_a_known_key" not in html
+    assert "<dd>40</dd>" in html and "<dd>88.9% (40/45, 95% CI 76.5-95.2%)</dd>" in html and "not_a_known_key" not in html
     assert "ink-mark: CA ? (clean model ?), ASR 50.0% (clean model ?), RA ?" in html
     assert "<h4>Provenance</h4>" in html
     for key, value in provenance.items():

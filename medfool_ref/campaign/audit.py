@@ -22,6 +22,22 @@ from .store import ResultsStore
 from .units import Unit, keyed
 
 LINF_BUDGETS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+MAX_NONFINITE = 0.10  # the audit stops after the clean pass when more of the tiles than this get a NaN/inf output
+
+
+class NonFiniteOutputs(ValueError):
+    """The model's output is NaN or inf on too many clean tiles for an audit to mean anything."""
+
+
+def clean_error(record: dict[str, Any]) -> bool:
+    """A clean-pass record whose model output was not finite (NaN or inf)."""
+    return record["extra"].get("finite") is False or any(v is None for v in record["extra"].get("probs", []))
+
+
+def model_error(record: dict[str, Any]) -> bool:
+    """An attacked tile whose model output (float or saved 8-bit adversarial) was not finite: neither fooled nor robust."""
+    e = record["extra"]
+    return e.get("finite_after") is False or e.get("finite_8bit") is False
 L2_BUDGETS = (0.5, 1.0, 2.0)
 
 
@@ -112,6 +128,12 @@ def run_audit(items: list[Item], target: Target, store: ResultsStore, *, probes:
     plan = AuditPlan(clean, [], tuple(linf), tuple(l2))
     plan.runs.append(run_campaign(clean, target, store, resume=resume, progress=progress, label="clean pass", engine=engine))
     rec = _clean_records(store, clean)
+    broken = [it for it in items if clean_error(rec[it.id])]
+    if len(broken) > MAX_NONFINITE * len(items):
+        names = ", ".join(it.name for it in broken[:5]) + (f" (+{len(broken) - 5} more)" if len(broken) > 5 else "")
+        raise NonFiniteOutputs(f"the model's output is NaN or inf on {len(broken)} of {len(items)} clean tiles "
+                               f"({len(broken) / len(items):.0%}; the audit stops above {MAX_NONFINITE:.0%}): {names}")
+    items = [it for it in items if not clean_error(rec[it.id])]  # the rest: model errors in the report, never attacked
     pos = set(target.positive_indices)
     correct = [it for it in items if rec[it.id]["pred_before"] == it.label]
     decided = [it for it in items if (rec[it.id]["pred_before"] in pos) == (it.label in pos)] if target.threshold is None else \
@@ -167,6 +189,8 @@ def fooled_by_tile(store: ResultsStore, entry: AuditEntry, eps: float | None) ->
     """item id -> whether the entry's attack fooled it within the L-inf budget ``eps`` (DeepFool: its saved tile's L-inf)."""
     out: dict[str, bool] = {}
     for r in store.items(entry.keys):
+        if model_error(r):
+            continue  # a NaN/inf output is not a fooled tile
         ok = bool(r["success"])
         if entry.probe.budget is None and eps is not None:  # a minimal attack counts where its saved tile is within eps
             ok = bool(r["success_8bit"]) and r["linf_8bit"] is not None and r["linf_8bit"] <= eps + 1e-9

@@ -91,8 +91,10 @@ def _predict(unit: Unit, target: Target) -> UnitOutcome:
     x, _ = load_items(unit.items, target.device)
     p = _probs(target.model, x)
     conf, pred = p.max(1)
-    records = [ItemRecord(i.id, i.name, i.path, i.label, None, int(pr), float(c), extra={"probs": [round(float(v), 6) for v in row]})
-               for i, pr, c, row in zip(unit.items, pred.tolist(), conf.tolist(), p.cpu())]
+    finite = torch.isfinite(p).all(1).tolist()  # a model's NaN/inf output: a model error for that tile, never a prediction
+    records = [ItemRecord(i.id, i.name, i.path, i.label, None, int(pr), float(c), extra={"probs": [round(float(v), 6) for v in row],
+                                                                                       "finite": ok})
+               for i, pr, c, row, ok in zip(unit.items, pred.tolist(), conf.tolist(), p.cpu(), finite)]
     return _outcome(unit, records, seconds=0.0, forward_calls=1, forward_images=x.shape[0])
 
 
@@ -118,6 +120,7 @@ def _scored(unit: Unit, model: nn.Module, x: torch.Tensor, adv: torch.Tensor, la
     q = quantise(adv)
     p1, pq = _probs(model, adv), _probs(model, q)
     extra = dict(extra or {})
+    extra["finite_after"], extra["finite_8bit"] = torch.isfinite(p1).all(1).cpu(), torch.isfinite(pq).all(1).cpu()
     if positive:
         for key, p in (("p_positive_before", p0), ("p_positive_after", p1), ("p_positive_8bit", pq)):
             extra[key] = p[:, positive].sum(1).cpu()

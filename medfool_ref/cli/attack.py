@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import SPECS, AttackSpec
+from .budget import LONG_PASSES, PRESETS, QUICK, estimate_text, planned_passes, preset_params, timed_passes
 from .params import (
     RunFailed,
     UsageError,
@@ -57,7 +58,7 @@ def run_attack(args: argparse.Namespace) -> int:
     from ..targets.target import reference_target
 
     s = _spec(args.name)
-    params = parse_sets(s, args.set)
+    params = preset_params(s.name, args.preset, parse_sets(s, args.set))
     if s.inputs != "none" and args.tile is None:
         raise UsageError(f"--tile is required for {args.name} (a file, or sample:CLASS such as sample:TUM)")
     if s.inputs == "tiles+training" and args.target is None:
@@ -77,6 +78,7 @@ def run_attack(args: argparse.Namespace) -> int:
     label = class_index(args.label, classes, "--label") if args.label is not None else None
     out = Path(args.out)
     item = file_item(path, label=label) if path is not None else None
+    _estimate(s, params, target, path, args.preset)
     try:
         if s.inputs == "tiles":
             units = tile_units(s.name, [item], params=params, target=goal, keep_images=True)
@@ -92,6 +94,23 @@ def run_attack(args: argparse.Namespace) -> int:
     if s.inputs == "none":
         return _write_fooling(store, unit, out)
     return _write_tile(store, unit, classes, out, s, args, notes)
+
+
+def _estimate(s: AttackSpec, params: dict[str, Any], target: Any, path: Path | None, preset: str) -> None:
+    """Print the time estimate before a long plan starts (planned passes x a timed pass on this tile)."""
+    import sys
+
+    from ..inputs.tiles import read_tile
+
+    passes = planned_passes(s.name, params, {k: e.default for k, e in s.parameters().items()})
+    if passes is None or sum(passes) < LONG_PASSES:
+        return
+    x = read_tile(path)[None] if path is not None else None
+    if x is None:
+        import torch
+
+        x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    print(estimate_text(s.name, passes, timed_passes(target.model, x.to(target.device)), preset), file=sys.stderr, flush=True)
 
 
 def _patch_training_tiles(target: Any, out: Path, goal: int, resume: bool) -> list[Any]:
@@ -176,6 +195,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--target", help="target class for a targeted attack (name such as NORM, or index)")
     p.add_argument("--label", help="true class of the tile (default: the model's own prediction)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="attack parameter, e.g. --set eps=4/255 (repeatable)")
+    quick = "; ".join(f"{n}: " + ", ".join(f"{k}={v}" for k, v in q.items()) for n, q in QUICK.items())
+    p.add_argument("--preset", choices=PRESETS, default="quick",
+                   help=f"quick (default): about a minute on one tile on 2 CPU cores ({quick}); paper: the paper's budget "
+                        "(the attack function's own defaults; one-pixel 400 x 100 takes over 10 min on one tile). "
+                        "--set overrides either; a long plan prints its time estimate first")
     p.add_argument("--out", required=True, help="output folder (results.sqlite, adversarial.png, comparison.png, report.json)")
     p.add_argument("--resume", action="store_true", help="reuse a finished unit from the output folder's results store")
     p.set_defaults(func=run_attack)

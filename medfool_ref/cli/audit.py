@@ -162,7 +162,7 @@ def _provenance(args: argparse.Namespace, probes: list[str], device: str, date: 
 
 
 def run_audit_command(args: argparse.Namespace) -> int:
-    from ..campaign.audit import BATTERY, L2_BUDGETS, LINF_BUDGETS, PROBES, run_audit
+    from ..campaign.audit import BATTERY, L2_BUDGETS, LINF_BUDGETS, PROBES, NonFiniteOutputs, run_audit
     from ..campaign.store import ResultsStore
     from ..inputs.datasets import DataError, load_dataset
     from ..reports.audit import build_report, schema
@@ -198,9 +198,13 @@ def run_audit_command(args: argparse.Namespace) -> int:
     mode = mode_name(target.precision, target.channels_last, target.compiled)
     mode = "" if mode == "float32" else f" ({mode})"
     print(f"auditing {target.name}{mode} on {len(data.items)} tiles ({len(data.skipped)} skipped) with {', '.join(probes)}", file=sys.stderr)
+    for line in getattr(target, "warnings", []):
+        print(f"warning: {line}", file=sys.stderr)
     try:
         plan = run_audit(data.items, target, store, probes=probes, linf=linf, l2=l2, overrides=overrides, batch_size=args.batch_size,
                          resume=args.resume, engine=engine)
+    except NonFiniteOutputs as exc:
+        raise UsageError(f"--model {args.model}: {exc}") from None
     finally:
         getattr(engine, "shutdown", lambda: None)()
     failures = [f for run in plan.runs for f in run.failures]
@@ -212,20 +216,36 @@ def run_audit_command(args: argparse.Namespace) -> int:
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     report = build_report(store, plan, target, data, device=str(target.device), date=date, engine=engine.name)
     report.provenance = _provenance(args, probes, str(target.device), date)
+    report.warnings = list(getattr(target, "warnings", []))
     checked = check_gates(report.model_dump(mode="json"), gates)
     doc = write_audit(report, store, plan, target, out, checked)
-    clean = doc["data"]["clean_accuracy"]
-    worst = ", ".join(f"{w['eps_255']:g}/255: {w['robust_accuracy']:.1%}" for w in doc["worst_case"])
-    missed = ", ".join(f"{w['eps_255']:g}/255: {w['missed_tumour_rate']:.0%}" for w in doc["worst_case"] if w["missed_tumour_rate"] is not None)
-    print(f"clean accuracy {clean:.1%}; worst case {worst}")
-    if missed:
-        print(f"missed tumour under attack: {missed}")
+    print_headline(doc)
     print(f"wrote {out}/report.json, {out}/report.html")
     failed = [g for g in checked if not g["passed"]]
     for g in failed:
         measured = "not measured" if g["measured"] is None else f"{g['measured']:.1%}"
         print(f"gate failed: {g['gate']} (measured {measured})", file=sys.stderr)
     return 3 if failed else 0
+
+
+def print_headline(doc: dict[str, Any]) -> None:
+    """Clean accuracy and the worst case, each with n and its 95% interval: held-out tiles first where there is a split."""
+    from ..campaign.intervals import fmt_ci
+
+    parts = [(f"{s['name']} tiles", s["ci"].get("clean_accuracy"), s["worst_case"]) for s in doc.get("splits", [])]
+    parts.append(("all tiles", doc["data"].get("clean_accuracy_ci"), doc["worst_case"]))
+    for name, clean, worst in parts:
+        print(f"{name}: clean accuracy {fmt_ci(clean)}")
+        for w in worst:
+            ci = w["ci"]
+            line = f"  worst case at {w['eps_255']:g}/255: accuracy {fmt_ci(ci.get('robust_accuracy'))}"
+            if ci.get("missed_tumour_rate"):
+                line += f"; missed tumour {fmt_ci(ci['missed_tumour_rate'], 0)}"
+            print(line)
+    errors = doc.get("model_errors", {})
+    if errors.get("count"):
+        print(f"model errors (NaN/inf outputs, left out of every rate): {errors['count']} tile(s); clean pass: {len(errors['clean'])}; "
+              + ", ".join(f"{k}: {v}" for k, v in errors["by_attack"].items()))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

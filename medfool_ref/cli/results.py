@@ -10,6 +10,7 @@ from .params import UsageError
 
 
 def run_results(args: argparse.Namespace) -> int:
+    from ..campaign.intervals import fmt_ci
     from ..campaign.showcase import run_showcase
     from ..campaign.store import ResultsStore
     from ..reports.results import write_reports
@@ -33,7 +34,9 @@ def run_results(args: argparse.Namespace) -> int:
         print(f"medfool: {f.attack} ({f.label}) failed: {f.error.splitlines()[0]}")
     summary = write_reports(store, entries, sorted(names), target.classes, out, str(target.device), args.command_line)
     for name, s in summary.items():
-        if s.get("success_rate") is not None:
+        if s.get("ci", {}).get("success_rate"):
+            print(f"{name}: success rate {fmt_ci(s['ci']['success_rate'])}")
+        elif s.get("success_rate") is not None:
             print(f"{name}: success rate {s['success_rate']:.0%}")
         elif "accuracy_drop_vs_noise" in s:
             print(f"{name}: accuracy drop at 20% poison {s['accuracy_drop_vs_noise']:+.1%} vs the noise control "

@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..campaign.intervals import fmt_ci, interval
 from .audit import add_engine_options, engine_from
 from .params import UsageError, coerce, finite, parse_sets, progress_bar
 
@@ -183,7 +184,7 @@ def run_predict(args: argparse.Namespace) -> int:
     (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     _print_calls(pred.calls)
     if doc["mosaic"]:
-        print(f"mosaic: truly {'tumour' if truth['contains_tumour'] else 'no tumour'}; tile accuracy {doc['mosaic']['tile_accuracy']:.1%} "
+        print(f"mosaic: truly {'tumour' if truth['contains_tumour'] else 'no tumour'}; tile accuracy {fmt_ci(doc['mosaic'].get('tile_accuracy_ci'))} "
               "(a composition of real tiles)")
     print(f"wrote {out}/predictions.csv, report.json, {', '.join(f for f in doc['files'] if f.endswith('.png'))}")
     return 0
@@ -233,12 +234,13 @@ def run_attack_command(args: argparse.Namespace) -> int:
                 "attack": {"name": args.attack, "params": params, "goal": goal, "view": a.view,
                            "target_class": _goal_name(a, target), "select": args.select, "candidates": args.candidates,
                            "eligible": eligible, "attacked": len(a.order), "fraction_of_tissue_tiles": len(a.order) / len(plan.items),
-                           "tile_fooled_8bit": int(a.fooled.sum()), "tiles": [plan.items[i].id for i in a.order.tolist()]},
+                           "tile_fooled_8bit": int(a.fooled.sum()), "tile_fooled_8bit_ci": interval(int(a.fooled.sum()), len(a.order))
+                           if len(a.order) else None, "tiles": [plan.items[i].id for i in a.order.tolist()]},
                 "before": pred.calls, "after": a.after, "needs": needs(pred, a, thresholds, args.top_k),
                 "search": {n: {k: v for k, v in s.items() if k != "curve" or args.search} for n, s in a.scan.items()} if args.search else None,
                 "written": written, "files": doc["files"] + ["before-after.png"] + ([Path(written["path"]).name] if written else [])})
     (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    print(f"{args.attack} on {len(a.order)} tiles: {int(a.fooled.sum())} fooled as 8-bit tiles")
+    print(f"{args.attack} on {len(a.order)} tiles: fooled as 8-bit tiles {fmt_ci(doc['attack']['tile_fooled_8bit_ci'])}")
     for name in pred.calls:
         b, c = pred.calls[name], a.after[name]
         flip = ""
@@ -344,6 +346,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "goal_text": spec["goal_text"], "attack": at["name"], "params_text": spec["params_text"],
             "select": at["select"], "view": "the tumour decision, untargeted" if at["view"] == "decision" else f"targeted to {at['target_class']}",
             "eligible": at["eligible"], "attacked": at["attacked"], "tile_fooled": at["tile_fooled_8bit"],
+            "tile_fooled_ci": at.get("tile_fooled_8bit_ci"),
             "before": rep["before"], "after": rep["after"], "search": {k: {x: v[x] for x in ("k", "of", "stays_flipped", "clean_call")}
                                                                       for k, v in rep["search"].items()}, "figure": figure})
     summary["provenance"] = {**_provenance(args), "work": "slides, stores and attacked TIFFs are not committed (" + str(work) + ")"}

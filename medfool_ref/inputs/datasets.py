@@ -36,6 +36,7 @@ class Dataset:
     source: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    split: dict[str, str] = field(default_factory=dict)  # item id -> "held-out" or "training" (the sample tiles only)
 
 
 def _candidates_from_folder(root: Path, classes: tuple[str, ...]) -> list[tuple[Path, str]]:
@@ -111,9 +112,10 @@ def load_dataset(source: str | Path, classes: tuple[str, ...], *, max_tiles: int
 
 def _sample_dataset(classes: tuple[str, ...], max_tiles: int | None) -> Dataset:
     """``--data sample``: the shipped sample tiles, labelled in the reference model's class scheme."""
-    from .samples import sample_tiles
+    from .samples import sample_tiles, split
 
     tiles = sample_tiles()
+    held = {t.path for t in split(tiles)[1]}  # the reference model never saw these in training
     unknown = sorted({t.label for t in tiles} - set(classes))
     if unknown:
         raise DataError(f"--data sample: the sample tiles' classes {', '.join(unknown)} are not classes of the model")
@@ -125,5 +127,6 @@ def _sample_dataset(classes: tuple[str, ...], max_tiles: int | None) -> Dataset:
     data = Dataset([], source="sample")
     for t in tiles:
         data.items.append(Item(hashlib.sha256(t.path.read_bytes()).hexdigest(), str(t.path), t.name, classes.index(t.label)))
+        data.split[data.items[-1].id] = "held-out" if t.path in held else "training"
         data.counts[t.label] = data.counts.get(t.label, 0) + 1
     return data

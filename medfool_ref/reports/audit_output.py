@@ -10,6 +10,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..campaign.audit import AuditPlan
+from ..campaign.intervals import FEW
 from ..campaign.plan import tile_units
 from ..campaign.run import run_campaign
 from ..campaign.store import ResultsStore
@@ -43,6 +44,14 @@ def _num(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _ci(ci: Any) -> str:
+    """A stored interval as "n=65, 95% CI 83.2-97.3%" (and a mark when it rests on fewer than 20 tiles)."""
+    if not isinstance(ci, dict) or ci.get("lo") is None:
+        return ""
+    few = f"; fewer than {FEW} tiles" if ci.get("few") else ""
+    return f"n={ci['n']}, 95% CI {ci['lo']:.1%}-{ci['hi']:.1%}{few}"
+
+
 def _budget(b: dict[str, Any]) -> str:
     if b["eps_255"] is not None:
         return f"{b['eps_255']:g}/255"
@@ -51,7 +60,7 @@ def _budget(b: dict[str, Any]) -> str:
 
 def render_html(report: dict[str, Any], figures: dict[str, str], gates: list[dict[str, Any]]) -> str:
     return environment().get_template("audit.html").render(r=report, figures=figures, captions=CAPTIONS, gates=gates,
-                                                             pct=_pct, num=_num, budget=_budget)
+                                                             pct=_pct, num=_num, budget=_budget, ci=_ci)
 
 
 def _data_uri(path: Path) -> str:

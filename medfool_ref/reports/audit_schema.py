@@ -14,10 +14,24 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Interval(_M):
+    """A rate's count, its n and its 95% Wilson interval; ``few``: it rests on fewer than 20 tiles."""
+
+    k: int
+    n: int
+    lo: float | None
+    hi: float | None
+    few: bool
+
+
+Intervals = dict[str, Interval | None]
+
+
 class Flip(_M):
     count: int
     of: int = Field(description="tiles of that kind whose decision was right before the attack")
     rate: float | None
+    ci: Interval | None = None
 
 
 class Flips(_M):
@@ -41,6 +55,8 @@ class BudgetResult(_M):
     queries: dict[str, int]
     seconds: float
     extra: dict[str, Any] = Field(default_factory=dict)
+    model_errors: int = Field(0, description="attacked tiles whose model output was NaN or inf: neither fooled nor robust")
+    ci: Intervals = Field(default_factory=dict, description="rate name -> its count, n and 95% Wilson interval")
 
 
 class AttackReport(_M):
@@ -64,6 +80,26 @@ class WorstCase(_M):
     missed_tumour_rate: float | None
     overcall_rate: float | None
     attacks: list[str]
+    tiles: int | None = Field(None, description="the tiles these rates are over (model errors left out)")
+    model_errors: int = Field(0, description="tiles left out: a NaN/inf output, clean or under a worst-case attack")
+    ci: Intervals = Field(default_factory=dict, description="rate name -> its count, n and 95% Wilson interval")
+
+
+class Split(_M):
+    """The figures on one part of the tiles: those the model was trained on, or held out from its training."""
+
+    name: str = Field(description="held-out or training")
+    tiles: int
+    clean_accuracy: float | None
+    ci: Intervals = Field(default_factory=dict)
+    worst_case: list[WorstCase]
+
+
+class ModelErrors(_M):
+    count: int = Field(0, description="tiles with a NaN/inf output on the clean pass or under any attack")
+    clean: list[str] = Field(default_factory=list, description="tiles whose clean output was not finite")
+    by_attack: dict[str, int] = Field(default_factory=dict, description="attack id -> tiles whose adversarial output was not finite")
+    tiles: list[str] = Field(default_factory=list, description="every tile with a model error (at most 200 listed)")
 
 
 class Scenario(_M):
@@ -97,6 +133,10 @@ class AuditReport(_M):
     threat_model: list[Scenario]
     rule: list[str]
     gates: list[dict[str, Any]] = Field(default_factory=list)
+    splits: list[Split] = Field(default_factory=list, description="held-out tiles first, then training tiles (the shipped "
+                                "sample tiles only; a user's own data has no split)")
+    model_errors: ModelErrors = Field(default_factory=ModelErrors)
+    warnings: list[str] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict, description="medfool version, code hash, machine, date, command")
 
 

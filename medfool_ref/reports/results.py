@@ -12,6 +12,7 @@ import platform
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..campaign.intervals import from_rate, interval
 from ..campaign.metrics import tile_metrics
 from ..campaign.showcase import Entry
 from ..campaign.store import ResultsStore
@@ -188,6 +189,24 @@ def provenance(name: str, command: str, device: str) -> dict[str, Any]:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command}
 
 
+RATES = {"success_rate": "successes", "success_rate_8bit": "success_after_8bit_quantisation",
+         "robust_accuracy": None, "robust_accuracy_8bit": None}
+
+
+def rate_intervals(summary: dict[str, Any]) -> dict[str, Any]:
+    """``{"ci": {rate: {k, n, lo, hi, few}}}`` for the tile rates of a summary over ``images`` tiles (else nothing)."""
+    n = summary.get("images")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return {}
+    ci = {}
+    for rate, count in RATES.items():
+        if isinstance(summary.get(count), int) and not isinstance(summary.get(count), bool):
+            ci[rate] = interval(summary[count], n)
+        elif isinstance(summary.get(rate), (int, float)):
+            ci[rate] = from_rate(float(summary[rate]), n)
+    return {"ci": ci} if ci else {}
+
+
 def write_reports(store: ResultsStore, entries: dict[str, list[Entry]], names: list[str], classes: Classes, out: Path,
                   device: str, command: str = "medfool results") -> dict[str, dict[str, Any]]:
     """One folder per attack in ``names``: report.json (summary and provenance) and its figures."""
@@ -212,6 +231,7 @@ def write_reports(store: ResultsStore, entries: dict[str, list[Entry]], names: l
             summary = SUMMARIES[spec.inputs](store, name, entries[name], classes, folder)
         summary["device"] = device
         summary["machine"] = f"{platform.machine()}, torch {torch.__version__}"
+        summary.update(rate_intervals(summary))
         doc = {"summary": summary, "provenance": provenance(name, command, device)}
         (folder / "report.json").write_text(json.dumps(doc, indent=2, default=float) + "\n", encoding="utf-8")
         summaries[name] = summary

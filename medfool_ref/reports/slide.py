@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from ..campaign.intervals import interval  # noqa: E402
 from .figures import FONT, _save  # noqa: E402
 
 AGG_NAMES = {"max": "max", "mean": "mean", "topk": "top-k mean", "attention": "attention MIL"}
@@ -60,7 +61,9 @@ def truth_summary(plan: Any, pred: Any, classes: Sequence[str], truth: dict[str,
     tum = [p for p, t in zip(preds, labels) if t == "TUM"]
     return {"statement": truth["statement"], "contains_tumour": truth["contains_tumour"], "tissue_cells": tissue_cells,  # type: ignore[index]
             "tiles_on_glass": sum(t == "glass" for t in labels), "tile_accuracy": right / max(len(labels), 1),
-            "tumour_tiles": len(tum), "tumour_tiles_called_tumour": sum(p == "TUM" for p in tum)}
+            "tumour_tiles": len(tum), "tumour_tiles_called_tumour": sum(p == "TUM" for p in tum),
+            "tile_accuracy_ci": interval(right, len(labels)) if labels else None,
+            "tumour_tiles_called_tumour_ci": interval(sum(p == "TUM" for p in tum), len(tum)) if tum else None}
 
 
 # --------------------------------------------------------------------------- figures

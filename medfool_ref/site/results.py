@@ -143,6 +143,24 @@ def _fmt(key: str, value: object) -> str:
     return _num(value)
 
 
+RATES = {"success_rate": "successes", "success_rate_8bit": "success_after_8bit_quantisation", "robust_accuracy": None,
+         "robust_accuracy_8bit": None}
+
+
+def _with_ci(key: str, value: object, summary: dict) -> str:
+    """A tile rate with its count, n and 95% Wilson interval (from the report's ``ci``, or its ``images`` for older
+    reports), marked when it rests on fewer than 20 tiles; anything else as ``_fmt`` writes it."""
+    from ..campaign.intervals import fmt_ci, from_rate, interval
+
+    if key not in RATES or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return _fmt(key, value)
+    ci = (summary.get("ci") or {}).get(key)
+    n, count = summary.get("images"), summary.get(RATES[key] or "")
+    if ci is None and isinstance(n, int) and n > 0:
+        ci = interval(count, n) if isinstance(count, int) and not isinstance(count, bool) else from_rate(float(value), n)
+    return fmt_ci(ci) if ci else _fmt(key, value)
+
+
 def _caption(name: str, caption: str, summary: dict) -> str:
     """The figure's caption, saying whether the tile it shows is still fooled as a saved 8-bit PNG."""
     if name != "comparison.png" or "example_fooled_after_8bit" not in summary:
@@ -179,7 +197,7 @@ def read_run(implementation: str, results_dirs: object, here: str) -> Run:
     provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
     return Run(
         implementation, "found",
-        facts=[(LABELS[k], _fmt(k, v)) for k, v in summary.items() if k in LABELS],
+        facts=[(LABELS[k], _with_ci(k, v, summary)) for k, v in summary.items() if k in LABELS],
         figures=[(href(here, f"results/{implementation}/{name}"), _caption(name, caption, summary))
                  for name, caption in FIGURES.items() if (folder / name).is_file()],
         provenance=[(str(k), _fmt(str(k), v)) for k, v in provenance.items() if k != "stale"],

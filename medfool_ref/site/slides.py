@@ -69,6 +69,15 @@ def _flip(s: Any) -> str:
     return f"{s['k']} of {s.get('of', '?')}" + ("" if s.get("stays_flipped") else " (flips back for some larger k)")
 
 
+def _fooled_ci(m: dict[str, Any]) -> str:
+    """The tiles fooled of those attacked, with n and the 95% Wilson interval (marked under 20 tiles)."""
+    from ..campaign.intervals import fmt
+
+    k, n = m.get("tile_fooled"), m.get("attacked")
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (k, n))
+    return fmt(k, n) if ok and 0 <= k <= n else ""  # type: ignore[arg-type, operator]
+
+
 def slides_page(folder: Path | None, stale: bool | None = None):  # -> Page | None
     data = read_slides(folder)
     if data is None or folder is None:
@@ -86,7 +95,8 @@ def slides_page(folder: Path | None, stale: bool | None = None):  # -> Page | No
             continue
         rows = [(label, _call((m.get("before") or {}).get(name)), _call((m.get("after") or {}).get(name)),
                  _flip((m.get("search") or {}).get(name))) for name, label in AGGREGATORS]
-        mosaics.append({"m": m, "rows": rows, "figure": f"slides/{m['figure']}" if m.get("figure") in present else None})
+        mosaics.append({"m": m, "rows": rows, "figure": f"slides/{m['figure']}" if m.get("figure") in present else None,
+                        "fooled_ci": _fooled_ci(m)})
     flips = [(label, [_flip((m["m"].get("search") or {}).get(name)) for m in mosaics]) for name, label in AGGREGATORS]
     body = render("slides.html", d=data, cmu=cmu, cmu_rows=cmu_rows, cmu_figs=cmu_figs, mosaics=mosaics, flips=flips, stale=stale,
                   provenance=sorted((str(k), str(v)) for k, v in prov.items()))

@@ -7,7 +7,7 @@ values), so results are keyed by the weights that produced them whatever file th
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Target:
     precision: str = "float32"  # "bf16": the differentiated passes under bfloat16 autocast (targets.precision)
     channels_last: bool = False
     compiled: bool = False  # the model through torch.compile
+    warnings: list[str] = field(default_factory=list)  # what the model check noticed (e.g. probabilities as logits)
 
     @property
     def run_fingerprint(self) -> str:

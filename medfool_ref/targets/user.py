@@ -152,8 +152,17 @@ class AuditedModel(nn.Module):
         return out
 
 
-def check_model(model: nn.Module, config: ModelConfig, device: torch.device, where: str) -> None:
-    """Run a probe batch: the output must be (B, classes) and finite (probabilities: in [0, 1], summing to 1)."""
+def looks_like_probabilities(raw: torch.Tensor, atol: float = 1e-4) -> bool:
+    """Every row non-negative and summing to 1 (within ``atol``): what a softmax returns, not logits."""
+    return bool((raw >= 0).all()) and bool(((raw.float().sum(1) - 1).abs() <= atol).all())
+
+
+def check_model(model: nn.Module, config: ModelConfig, device: torch.device, where: str) -> list[str]:
+    """Run a probe batch: the output must be (B, classes) and finite (probabilities: in [0, 1], summing to 1).
+
+    Returns warnings. Probabilities where the config says ``output: logits`` are warned about, not refused: the
+    audit then attacks softmax(probabilities), whose nearly uniform scores make every attack look far too strong,
+    so the warning also heads the report; the fix is ``output: probabilities`` in the config."""
     side = config.input.size or 224
     probe = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
     try:
@@ -170,6 +179,11 @@ def check_model(model: nn.Module, config: ModelConfig, device: torch.device, whe
     if config.output == "probabilities":
         if bool((raw < 0).any() | (raw > 1).any()) or not torch.allclose(raw.sum(1), torch.ones(2, device=raw.device), atol=1e-3):
             raise ModelError(f"{where}: the config says the model outputs probabilities, but its outputs do not sum to 1")
+    elif looks_like_probabilities(raw):
+        return [f"{where}: every output row of the probe batch is non-negative and sums to 1: these look like probabilities, "
+                f"but the config says 'output: logits'; if the model ends in a softmax, set 'output: probabilities' in the "
+                f"config (as logits, its scores are nearly uniform and every attack looks far stronger than it is)"]
+    return []
 
 
 def user_target(spec: str, config: ModelConfig, *, weights: str | Path | None = None, device: str | torch.device = "cpu") -> Target:
@@ -178,9 +192,10 @@ def user_target(spec: str, config: ModelConfig, *, weights: str | Path | None = 
         load_weights(net, weights)
     device = torch.device(device)
     model = AuditedModel(net, config).to(device).eval()
-    check_model(model, config, device, f"--model {spec}")
+    warnings = check_model(model, config, device, f"--model {spec}")
     name = Path(spec.rpartition(":")[0]).name + ":" + spec.rpartition(":")[2]
     target = configured(Target(model, model.classes, fingerprint(model), name), config)
+    target.warnings = warnings  # printed by the command and carried into the report
     target.spec = TargetSpec("user", name, target.classes, target.positive, target.threshold, target.fingerprint, str(device),
                              weights=state_bytes(net), factory=str(Path(spec.rpartition(":")[0]).resolve()) + ":" + spec.rpartition(":")[2],
                              config=config.model_dump())
