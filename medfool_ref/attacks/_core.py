@@ -44,19 +44,21 @@ class CountingModel(nn.Module):
         return g
 
 
-@dataclass
+@dataclass(eq=False)
 class AttackResult:
-    """Per-sample outcome of one attack on one batch."""
+    """Per-sample outcome of one attack on one batch.
+
+    The adversarial's own predictions (``success``, ``pred_after``, ``confidence_after``) are scored lazily, by one
+    pass without gradients on first use: the campaign executor scores every adversarial itself (in float and on the
+    8-bit grid), so an attack run through it never pays for a second scoring pass ("score once"). The query counts
+    are the attack's own, taken when it finished; the scoring pass is not an attack query.
+    """
 
     attack: str
     adversarial: torch.Tensor
-    success: torch.Tensor
     labels: torch.Tensor
     target: torch.Tensor | None
-    pred_before: torch.Tensor
-    pred_after: torch.Tensor
-    confidence_before: torch.Tensor
-    confidence_after: torch.Tensor
+    clean: torch.Tensor
     l0: torch.Tensor
     l2: torch.Tensor
     linf: torch.Tensor
@@ -68,10 +70,63 @@ class AttackResult:
     seconds: float
     params: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    scorer: nn.Module | None = field(default=None, repr=False)  # scores the adversarial (and the clean tiles) when first asked
+    known_clean_logits: torch.Tensor | None = field(default=None, repr=False)  # from a pass the attack made anyway
+    _after: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scorer is None:
+            raise ValueError("this result has no model to score its images with")
+        with torch.no_grad():
+            return self.scorer(x)
+
+    @property
+    def clean_logits(self) -> torch.Tensor:
+        if self.known_clean_logits is None:
+            self.known_clean_logits = self._score(self.clean).detach()
+        return self.known_clean_logits
+
+    @property
+    def clean_probs(self) -> torch.Tensor:
+        return self.clean_logits.float().softmax(1)
+
+    @property
+    def pred_before(self) -> torch.Tensor:
+        return self.clean_logits.argmax(1)
+
+    @property
+    def confidence_before(self) -> torch.Tensor:
+        return self.clean_probs.amax(1)
+
+    def set_scores(self, probs: torch.Tensor) -> None:
+        """Adopt the adversarial's class probabilities from a pass the caller made anyway."""
+        if probs.ndim != 2 or probs.shape[0] != self.adversarial.shape[0]:
+            raise ValueError(f"probabilities of shape {tuple(probs.shape)} do not match a batch of {self.adversarial.shape[0]}")
+        conf, pred = probs.max(1)
+        self._after = (pred, conf)
+
+    def _scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._after is None:
+            self.set_scores(self._score(self.adversarial).float().softmax(1))
+        assert self._after is not None
+        return self._after
+
+    @property
+    def pred_after(self) -> torch.Tensor:
+        return self._scores()[0]
+
+    @property
+    def confidence_after(self) -> torch.Tensor:
+        return self._scores()[1]
+
+    @property
+    def success(self) -> torch.Tensor:
+        return is_success(self.pred_after, self.labels, self.target)
 
     @property
     def success_rate(self) -> float:
-        return float(self.success.float().mean()) if self.success.numel() else 0.0
+        ok = self.success
+        return float(ok.float().mean()) if ok.numel() else 0.0
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready aggregates: success rate, median norms, query counts, time."""
@@ -144,12 +199,15 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def prepare(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, target: int | torch.Tensor | None,
-            num_classes: int | None = None, *, clean_logits: Callable[[CountingModel, torch.Tensor], torch.Tensor] | None = None
-            ) -> tuple[CountingModel, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+            num_classes: int | None = None, *, clean_logits: Callable[[CountingModel, torch.Tensor], torch.Tensor] | None = None,
+            lazy_clean: bool = False
+            ) -> tuple[CountingModel, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Validate inputs; return the counting model, a private copy of the images, labels, target and clean logits.
 
     ``clean_logits`` lets an attack obtain the clean logits from a forward pass it needs anyway
-    (FGSM's gradient pass) instead of a separate no-grad pass.
+    (FGSM's gradient pass) instead of a separate no-grad pass. With ``lazy_clean`` and labels given, no clean pass
+    is made at all (logits and predictions come back as None; the result scores the clean tiles only if asked, and
+    the attack checks the labels' range with :func:`check_classes` on its first pass).
     """
     check_images(images)
     device = model_device(model)
@@ -157,29 +215,41 @@ def prepare(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
         raise ValueError(f"images are on {images.device} but the model is on {device}")
     counted = CountingModel(model)
     x = images.detach().clone()
-    if clean_logits is None:
-        with torch.no_grad():
-            logits = counted(x)
-    else:
-        logits = clean_logits(counted, x)
-    n_cls = num_classes or logits.shape[1]
-    pred = logits.detach().argmax(1)
+    logits = pred = None
+    if not (lazy_clean and labels is not None):
+        if clean_logits is None:
+            with torch.no_grad():
+                logits = counted(x)
+        else:
+            logits = clean_logits(counted, x)
+        pred = logits.detach().argmax(1)
+    n_cls = num_classes or (None if logits is None else logits.shape[1])
     if labels is None:
+        assert pred is not None
         y = pred.clone()
     else:
         if not isinstance(labels, torch.Tensor) or labels.shape != (x.shape[0],):
             raise ValueError(f"labels must be a tensor of shape ({x.shape[0]},)")
         y = labels.detach().to(device=device, dtype=torch.long).clone()
-        if bool(((y < 0) | (y >= n_cls)).any()):
-            raise ValueError(f"labels must be class indices in [0, {n_cls})")
+        if bool((y < 0).any()) or (n_cls is not None and bool((y >= n_cls).any())):
+            raise ValueError(f"labels must be class indices in [0, {n_cls or 'classes'})")
     t = None
     if target is not None:
         t = torch.as_tensor(target, device=device, dtype=torch.long).clone()
         if t.ndim == 0:
             t = t.expand(x.shape[0]).clone()
-        if t.shape != (x.shape[0],) or bool(((t < 0) | (t >= n_cls)).any()):
-            raise ValueError(f"target must be a class index in [0, {n_cls}) or one per image")
+        if t.shape != (x.shape[0],) or bool((t < 0).any()) or (n_cls is not None and bool((t >= n_cls).any())):
+            raise ValueError(f"target must be a class index in [0, {n_cls or 'classes'}) or one per image")
     return counted, x, y, t, logits, pred
+
+
+def check_classes(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> None:
+    """The range check of labels and target that :func:`prepare` leaves to the first pass under ``lazy_clean``."""
+    n_cls = logits.shape[1]
+    if bool((labels >= n_cls).any()):
+        raise ValueError(f"labels must be class indices in [0, {n_cls})")
+    if target is not None and bool((target >= n_cls).any()):
+        raise ValueError(f"target must be a class index in [0, {n_cls}) or one per image")
 
 
 def is_success(pred: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -203,24 +273,18 @@ def confirmed(counted: CountingModel, adv: torch.Tensor, ok: torch.Tensor, label
 
 
 def finish(name: str, counted: CountingModel, clean: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor,
-           target: torch.Tensor | None, clean_logits: torch.Tensor, iterations: int, started: float,
+           target: torch.Tensor | None, clean_logits: torch.Tensor | None, iterations: int, started: float,
            params: dict[str, Any], extra: dict[str, Any] | None = None) -> AttackResult:
-    """Score the final adversarial batch and build the result."""
-    with torch.no_grad():
-        logits = counted(adv)
-    p0 = clean_logits.softmax(1)
-    p1 = logits.softmax(1)
-    pred0, pred1 = p0.argmax(1), p1.argmax(1)
+    """Build the result of an attack: norms now, the adversarial's predictions only when asked (see AttackResult)."""
     delta = (adv - clean).flatten(1)
     changed = (adv != clean).any(dim=1).flatten(1)  # a pixel counts once whatever its channels
     return AttackResult(
-        attack=name, adversarial=adv.detach(), success=is_success(pred1, labels, target), labels=labels, target=target,
-        pred_before=pred0, pred_after=pred1,
-        confidence_before=p0.gather(1, pred0[:, None])[:, 0], confidence_after=p1.gather(1, pred1[:, None])[:, 0],
+        attack=name, adversarial=adv.detach(), labels=labels, target=target, clean=clean,
         l0=changed.sum(1), l2=delta.norm(dim=1), linf=delta.abs().amax(dim=1) if delta.shape[1] else delta.sum(1),
         forward_calls=counted.forward_calls, forward_images=counted.forward_images,
         backward_calls=counted.backward_calls, backward_images=counted.backward_images,
         iterations=iterations, seconds=time.perf_counter() - started, params=params, extra=extra or {},
+        scorer=counted.model, known_clean_logits=None if clean_logits is None else clean_logits.detach(),
     )
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._core import AttackResult, Progress, check_int, check_positive, finish, prepare, scale_onto_grid
+from ._core import AttackResult, Progress, check_classes, check_int, check_positive, finish, prepare, scale_onto_grid
 
 
 def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -40,7 +40,15 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     check_positive("overshoot", overshoot, upper=1.0, allow_zero=True)
     check_int("max_iter", max_iter, low=1, high=10_000)
     started = time.perf_counter()
-    counted, x, y, _, logits0, _ = prepare(model, images, labels, None)
+    counted, x, y, _, logits0, _ = prepare(model, images, labels, None, lazy_clean=True)
+    first_bytes: float | None = None
+    if logits0 is None:  # labels given: the first step's forward (at the clean tiles) is the clean pass
+        xa0 = x.clone().requires_grad_(True)
+        first, first_bytes = _forward_measured(counted, xa0)
+        check_classes(first, y, None)
+        logits0 = first.detach()
+    else:
+        xa0 = first = None
     n_classes = logits0.shape[1]
     if candidates is not None:
         check_int("candidates", candidates, low=2, high=n_classes)
@@ -58,30 +66,28 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     cand = order.argsort(dim=1, descending=True)[:, :k]  # (B, k), column 0 is the label
     r_total = torch.zeros_like(x)
     adv = x.clone()
+    confirmed_logits: torch.Tensor | None = None
     active = torch.arange(x.shape[0], device=x.device)
     iterations = 0
     eye = torch.eye(k, device=x.device)
     for i in range(max_iter):
-        xa = adv[active].clone().requires_grad_(True)
-        if class_chunk is None and k > 2 and per_sample is None:
-            saved = [0]
-
-            def pack(t: torch.Tensor) -> torch.Tensor:
-                saved[0] += t.numel() * t.element_size()
-                return t
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                logits = counted(xa)
-            per_sample = saved[0] / max(1, xa.shape[0])
+        if first is not None and xa0 is not None:  # the clean pass made above, with its graph
+            xa, logits, first, per_sample = xa0, first, None, first_bytes
+        elif class_chunk is None and k > 2 and per_sample is None:
+            xa = adv[active].clone().requires_grad_(True)
+            logits, per_sample = _forward_measured(counted, xa)
         else:
+            xa = adv[active].clone().requires_grad_(True)
             logits = counted(xa)
         still = logits.argmax(1) == y[active]
         if not bool(still.any()):
             # confirm on the whole batch, as the result is judged: limited precision (TF32 convolutions on
             # GPUs, another batch composition) can leave a sample on the boundary; it gets the overshoot again
             with torch.no_grad():
-                unfooled = (counted(adv).argmax(1) == y).nonzero().squeeze(1)
+                final = counted(adv)
+            unfooled = (final.argmax(1) == y).nonzero().squeeze(1)
             if unfooled.numel() == 0:
+                confirmed_logits = final  # the whole batch's scores, kept for the result (score once)
                 break
             r_total[unfooled] *= 1 + overshoot
             adv[unfooled] = (x[unfooled] + (1 + overshoot) * r_total[unfooled]).clamp(0, 1)
@@ -119,12 +125,14 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
         if progress is not None:
             progress(i + 1, max_iter)
     l2_float = (adv - x).flatten(1).norm(dim=1)
-    scale = None
+    scale = grid_ok = None
     if round_to_8bit:
-        adv, _, scale = scale_onto_grid(counted, x, adv - x, y, None)
+        adv, grid_ok, scale = scale_onto_grid(counted, x, adv - x, y, None)
     result = finish("deepfool", counted, x, adv, y, None, logits0, iterations, started,
                     {"overshoot": overshoot, "max_iter": max_iter, "candidates": k, "round_to_8bit": round_to_8bit})
-    ok = result.success
+    if confirmed_logits is not None and not round_to_8bit:
+        result.set_scores(confirmed_logits.float().softmax(1))
+    ok = grid_ok if grid_ok is not None else result.success  # the grid search already scored the rounded adversarials
     if scale is not None:
         result.extra["l2_unrounded"] = l2_float
         result.extra["grid_scale"] = scale
@@ -136,6 +144,19 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None
     result.extra["rho"] = rho
     return result
 
+
+
+def _forward_measured(counted: nn.Module, xa: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A forward pass with the bytes it saves for the backward, per sample (what one more class gradient costs)."""
+    saved = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = counted(xa)
+    return logits, saved[0] / max(1, xa.shape[0])
 
 
 def _fitting_chunk(k: int, budget: float, bytes_per_class: float) -> int:

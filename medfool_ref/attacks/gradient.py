@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import (AttackResult, CountingModel, Progress, check_choice, check_int, check_positive, confirmed, finish, is_success, prepare,
-                    seeded_generator)
+from ._core import (AttackResult, CountingModel, Progress, check_choice, check_classes, check_int, check_positive, confirmed, finish,
+                    is_success, prepare, seeded_generator)
 
 NORMS = ("linf", "l2")
 
@@ -81,6 +81,8 @@ def _pgd_linf(counted: CountingModel, x: torch.Tensor, adv: torch.Tensor, y: tor
         iterations = i + 1
         xa = cur.detach().requires_grad_(True)
         logits = counted(xa)
+        if i == 0:
+            check_classes(logits, cur_y, cur_t)
         keep = None
         if early_stop:
             done = confirmed(counted, cur, is_success(logits.argmax(1), cur_y, cur_t), cur_y, cur_t)
@@ -121,7 +123,7 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = No
         step_size = 2.5 * eps / steps
     check_positive("step_size", step_size)
     started = time.perf_counter()
-    counted, x, y, t, logits0, _ = prepare(model, images, labels, target)
+    counted, x, y, t, logits0, _ = prepare(model, images, labels, target, lazy_clean=True)  # no clean pass of its own
     gen = seeded_generator(seed, x.device)
     b = x.shape[0]
     if random_start:
@@ -148,6 +150,8 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = No
             iterations = i + 1
             xa = (x[active] + delta[active]).requires_grad_(True)
             logits = counted(xa)
+            if i == 0:
+                check_classes(logits, y, t)
             if early_stop:
                 ta = t[active] if t is not None else None
                 done = confirmed(counted, xa, is_success(logits.argmax(1), y[active], ta), y[active], ta)

@@ -98,6 +98,14 @@ def _predict(unit: Unit, target: Target) -> UnitOutcome:
     return _outcome(unit, records, seconds=0.0, forward_calls=1, forward_images=x.shape[0])
 
 
+def _clean_probs(model: nn.Module, x: torch.Tensor, r: AttackResult) -> torch.Tensor:
+    """The clean probabilities: taken from the attack's own clean pass (score once), except on a model whose
+    differentiated passes are approximate (bf16), where the clean pass is made again in float32."""
+    if getattr(model, "approximate_gradients", False):
+        return _probs(model, x)
+    return r.clean_probs  # the attack's own clean pass, or one made now (an attack that skipped it, PGD)
+
+
 def _norms(x: torch.Tensor, adv: torch.Tensor) -> tuple[list[int], list[float], list[float]]:
     d = (adv - x).flatten(1)
     l0 = ((adv * 255).round() != (x * 255).round()).any(dim=1).flatten(1).sum(1)  # on the 8-bit grid, a pixel once
@@ -118,7 +126,8 @@ def _scored(unit: Unit, model: nn.Module, x: torch.Tensor, adv: torch.Tensor, la
     """Per-item records for a batch of adversarials: float and 8-bit predictions, success and norms (and, given
     the positive classes, P(positive) before and after)."""
     q = quantise(adv)
-    p1, pq = _probs(model, adv), _probs(model, q)
+    p1 = _probs(model, adv)
+    pq = p1 if torch.equal(q, adv) else _probs(model, q)  # an adversarial already on the 8-bit grid is scored once
     extra = dict(extra or {})
     extra["finite_after"], extra["finite_8bit"] = torch.isfinite(p1).all(1).cpu(), torch.isfinite(pq).all(1).cpu()
     if positive:
@@ -169,7 +178,7 @@ def _tiles(unit: Unit, target: Target, progress: Progress | None) -> UnitOutcome
 
         per["expected_success"] = expected_success(model, r.adversarial, r.labels, target=r.target, draws=draws,
                                                    seed=int(unit.kwargs.get("seed") or 0) + HELD_OUT_SEED_OFFSET).cpu()
-    p0 = _probs(model, x)
+    p0 = _clean_probs(model, x, r)
     records = _scored(unit, model, x, r.adversarial, r.labels, r.target, p0, per, _positive(unit, target))
     artifacts = [Artifact(f"adversarial/{i}.png", "image/png", png_bytes(quantise(r.adversarial[i])))
                  for i in range(x.shape[0])] if unit.keep_images else []
