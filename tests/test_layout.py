@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "medfool_ref"
-WINGS = {"attacks", "campaign", "catalog", "cli", "inputs", "reports", "site", "targets", "training"}
+WINGS = {"attacks", "campaign", "catalog", "cli", "defences", "inputs", "reports", "site", "targets", "training"}
 TORCH_SIDE = ("torch", "numpy", "PIL", "safetensors")  # what a bare GPU box has
 
 
@@ -98,6 +98,14 @@ def test_attack_code_reaches_torch_numpy_and_pillow_only(module: str) -> None:
     assert _third_party(reached) <= set(TORCH_SIDE), _third_party(reached)
     wings = {m.split(".")[1] for m in reached if m.startswith("medfool_ref.")}
     assert wings <= {"attacks", "inputs", "targets", "training"}, wings
+
+
+@pytest.mark.parametrize("module", _in("defences"))
+def test_defence_code_reaches_torch_numpy_and_pillow_only(module: str) -> None:
+    reached = _reach(module)
+    assert _third_party(reached) <= set(TORCH_SIDE), _third_party(reached)
+    wings = {m.split(".")[1] for m in reached if m.startswith("medfool_ref.")}
+    assert wings <= {"defences"}, wings
 
 
 @pytest.mark.parametrize("module", _in("catalog"))

@@ -166,6 +166,11 @@ class _Checker:
                 self.ref(d.id, ("counters", i), a, c.attacks, "attack")
             for i, p in enumerate(d.papers):
                 self.ref(d.id, ("papers", i), p, c.papers, "paper")
+            if d.implementation is not None:
+                from ..defences.specs import SPECS as DEFENCES
+
+                if d.implementation not in DEFENCES:
+                    self.report(d.id, ("implementation",), f"{d.implementation!r} is not in the registry of defences ({', '.join(sorted(DEFENCES))})")
         self.stable_ids()
         self.atlas()
         self.datasets()

@@ -306,6 +306,7 @@ class Defence(Strict):
     papers: list[Slug | BibKey] = []
     summary: Prose
     limitations: Text
+    implementation: Slug | None = None  # a name in medfool_ref.defences.specs, where medfool has the defence as code
 
 
 # --------------------------------------------------------------------------- dataset

@@ -62,6 +62,7 @@ def parse_gates(specs: list[str] | None, probes: list[str], linf: tuple[float, .
 
 
 def check_gates(doc: dict[str, Any], gates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each gate against the report; a gate never passes on a figure the validity checks marked unreliable."""
     out = []
     for g in gates:
         if g["name"] == "worst_case":
@@ -70,7 +71,9 @@ def check_gates(doc: dict[str, Any], gates: list[dict[str, Any]]) -> list[dict[s
             attack = next(a for a in doc["attacks"] if a["id"] == g["name"])
             rows = [b for b in attack["budgets"] if b["eps"] is not None and abs(b["eps"] - g["eps"]) < 1e-9]
         measured = rows[0]["robust_accuracy"] if rows else None
-        out.append({**g, "measured": measured, "passed": measured is not None and measured >= g["required"]})
+        unreliable = bool(doc.get("unreliable"))
+        out.append({**g, "measured": measured, "passed": measured is not None and measured >= g["required"] and not unreliable,
+                    "unreliable": unreliable})
     return out
 
 
@@ -185,6 +188,16 @@ def run_audit_command(args: argparse.Namespace) -> int:
         raise UsageError("--max-tiles must be >= 1")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    from ..defences.specs import DefenceError, parse_all
+
+    try:
+        parse_all(args.defence)  # every bad --defence at once, before any model is loaded
+    except DefenceError as exc:
+        raise UsageError(str(exc)) from None
+    if not 1 <= args.eot_draws <= 64:
+        raise UsageError(f"--eot-draws {args.eot_draws}: must be between 1 and 64")
+    if not 1 <= args.validity_tiles <= 1000:
+        raise UsageError(f"--validity-tiles {args.validity_tiles}: must be between 1 and 1000")
     engine = engine_from(args)
     target = _target(args)
     try:
@@ -200,14 +213,21 @@ def run_audit_command(args: argparse.Namespace) -> int:
     print(f"auditing {target.name}{mode} on {len(data.items)} tiles ({len(data.skipped)} skipped) with {', '.join(probes)}", file=sys.stderr)
     for line in getattr(target, "warnings", []):
         print(f"warning: {line}", file=sys.stderr)
+    if args.defence:
+        print(f"defence: {' -> '.join(args.defence)} (adaptive battery, then the plain one, then the model alone)", file=sys.stderr)
+    from ..campaign.defended import audit_with_validity
+
     try:
-        plan = run_audit(data.items, target, store, probes=probes, linf=linf, l2=l2, overrides=overrides, batch_size=args.batch_size,
-                         resume=args.resume, engine=engine)
+        audited = audit_with_validity(data.items, target, store, defences=args.defence, draws=args.eot_draws,
+                                      validity_tiles=args.validity_tiles, probes=probes, linf=linf, l2=l2, overrides=overrides,
+                                      batch_size=args.batch_size, resume=args.resume, engine=engine)
     except NonFiniteOutputs as exc:
         raise UsageError(f"--model {args.model}: {exc}") from None
     finally:
         getattr(engine, "shutdown", lambda: None)()
-    failures = [f for run in plan.runs for f in run.failures]
+    target, plan = audited.adaptive
+    plans = [plan] + [pair[1] for pair in (audited.plain, audited.undefended) if pair is not None]
+    failures = [f for pl in plans for run in pl.runs for f in run.failures]
     for f in failures:
         if f.kind == "invalid":
             raise UsageError(f"{f.attack} ({f.label}): {f.error}")
@@ -217,14 +237,34 @@ def run_audit_command(args: argparse.Namespace) -> int:
     report = build_report(store, plan, target, data, device=str(target.device), date=date, engine=engine.name)
     report.provenance = _provenance(args, probes, str(target.device), date)
     report.warnings = list(getattr(target, "warnings", []))
+    from ..reports.audit_schema import ValidityCheck
+
+    report.validity = [ValidityCheck(**vars(c)) for c in audited.checks]
+    report.unreliable = any(c.passed is False for c in audited.checks)
+    if audited.plain is not None and audited.undefended is not None:
+        from ..reports.defence import defence_section
+
+        plain = build_report(store, audited.plain[1], audited.plain[0], data, device=str(target.device), date=date, engine=engine.name)
+        base = build_report(store, audited.undefended[1], audited.undefended[0], data, device=str(target.device), date=date,
+                            engine=engine.name)
+        report.defence, report.residual_risk = defence_section(report, plain, base, target)
     checked = check_gates(report.model_dump(mode="json"), gates)
     doc = write_audit(report, store, plan, target, out, checked)
     print_headline(doc)
+    if doc.get("defence"):
+        d = doc["defence"]
+        print(f"defence {' -> '.join(d['chain'])}: clean accuracy {d['clean_accuracy_undefended']:.1%} -> {d['clean_accuracy_defended']:.1%}; "
+              + ", ".join(f"{b['eps_255']:g}/255: undefended {b['undefended']:.1%}, adaptive {b['adaptive']:.1%}, non-adaptive {b['non_adaptive']:.1%}"
+                          for b in d["budgets"]))
+    for c in doc.get("validity", []):
+        if c["passed"] is False:
+            print(f"UNRELIABLE: validity check failed: {c['title']} ({c['measured']})", file=sys.stderr)
     print(f"wrote {out}/report.json, {out}/report.html")
     failed = [g for g in checked if not g["passed"]]
     for g in failed:
         measured = "not measured" if g["measured"] is None else f"{g['measured']:.1%}"
-        print(f"gate failed: {g['gate']} (measured {measured})", file=sys.stderr)
+        why = "; the figure is unreliable (a validity check failed)" if g.get("unreliable") else ""
+        print(f"gate failed: {g['gate']} (measured {measured}{why})", file=sys.stderr)
     return 3 if failed else 0
 
 
@@ -274,6 +314,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="experimental: the model through torch.compile (inductor; a C++ compiler on the CPU). Measured on 2 CPU "
                         "cores: 1.3x on a fixed-shape ResNet-50 PGD loop after 30-40 s of compilation, but 0.5x through a "
                         "16-tile audit, where each new batch shape recompiles (see the Benchmarks page)")
+    p.add_argument("--defence", action="append", metavar="NAME[:KEY=VALUE,...]",
+                   help="audit the model behind this defence (repeatable: applied in order), e.g. stain-norm or jpeg:quality=75; "
+                        "adaptively (BPDA/EOT), beside the plain evaluation and the model alone. Known: jpeg, bit-depth, median, "
+                        "stain-norm, resize-pad")
+    p.add_argument("--eot-draws", type=int, default=8, help="EOT draws per attack step for a randomised defence (default 8)")
+    p.add_argument("--validity-tiles", type=int, default=16,
+                   help="tiles the evaluation-validity checks run on (default 16: the first correctly classified ones)")
     p.add_argument("--resume", action="store_true", help="continue from the output folder's results store")
     add_engine_options(p)
     p.add_argument("--schema", action="store_true", help="print the report's JSON Schema and exit")

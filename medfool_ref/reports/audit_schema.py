@@ -115,6 +115,52 @@ class Scenario(_M):
     evidence: str
 
 
+class ValidityCheck(_M):
+    id: str
+    title: str
+    passed: bool | None = Field(description="null: not applicable or not run")
+    measured: str
+    tiles: int
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class DefenceBudget(_M):
+    eps: float
+    eps_255: float
+    tiles: int
+    undefended: float = Field(description="worst-case robust accuracy of the model alone")
+    undefended_ci95: list[float]
+    adaptive: float = Field(description="worst-case robust accuracy of the defended system under the adaptive battery (BPDA/EOT)")
+    adaptive_ci95: list[float]
+    non_adaptive: float = Field(description="the same attacks on the real, non-differentiable system, attacked plainly")
+    non_adaptive_ci95: list[float]
+    overclaim: float = Field(description="non-adaptive minus adaptive robust accuracy: what a plain evaluation over-claims")
+
+
+class DefenceSummary(_M):
+    chain: list[str]
+    randomised: bool
+    eot_draws: int
+    clean_accuracy_undefended: float
+    clean_accuracy_defended: float
+    clean_cost: float = Field(description="clean accuracy lost to the defence (undefended minus defended)")
+    tiles: int
+    budgets: list[DefenceBudget]
+    method: str
+
+
+class Residual(_M):
+    scenario: str
+    attack: str
+    severity: int
+    risk_inherent: int = Field(description="the scenario's risk re-scored from the undefended model's evidence")
+    band_inherent: str
+    risk_residual: int = Field(description="the same, from the defended system's adaptive evidence")
+    band_residual: str
+    evidence_inherent: str
+    evidence_residual: str
+
+
 class Skip(_M):
     path: str
     reason: str
@@ -137,6 +183,10 @@ class AuditReport(_M):
                                 "sample tiles only; a user's own data has no split)")
     model_errors: ModelErrors = Field(default_factory=ModelErrors)
     warnings: list[str] = Field(default_factory=list)
+    validity: list[ValidityCheck] = Field(default_factory=list, description="evaluation-validity checks (Carlini et al. 2019)")
+    unreliable: bool = Field(False, description="a validity check failed: the robust-accuracy figures over-estimate robustness")
+    defence: DefenceSummary | None = None
+    residual_risk: list[Residual] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict, description="medfool version, code hash, machine, date, command")
 
 

@@ -24,6 +24,11 @@ class _Config:
 
 def rebuild(spec: TargetSpec, device: str | torch.device | None = None) -> Target:
     """The target ``spec`` describes, on ``device``; its weights must hash as on the driver."""
+    from .defended import DefendedSpec, base_spec, with_defences
+
+    if isinstance(spec, DefendedSpec):  # the model's target first, then the same chain in front of it
+        inner = rebuild(base_spec(spec), device)
+        return with_defences(inner, list(spec.defence), adaptive=spec.adaptive, draws=spec.draws)
     device = torch.device(device or spec.device)
     if spec.kind == "reference":
         from safetensors.torch import load

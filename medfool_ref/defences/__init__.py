@@ -1,0 +1,7 @@
+"""medfool's reference defences: input restoration, randomisation and detection, as torch code.
+
+``specs`` (torch-free) names every defence with its kind, parameters and the catalog entry it implements;
+one small module per defence holds the transformation; :mod:`.system` wraps (model, defences) into the
+defended system, with an adaptive mode (BPDA through non-differentiable steps, EOT over random ones).
+Depends on torch, numpy and Pillow only (never on the catalog).
+"""
