@@ -70,6 +70,10 @@ def execute(unit: Unit, target: Target, *, progress: Progress | None = None) -> 
     started = time.perf_counter()
     if unit.attack == PREDICT:
         out = _predict(unit, target)
+    elif unit.attack == "certify":  # randomized smoothing's CERTIFY (campaign/certify.py; issue 22)
+        from .certify_exec import run_certify_unit
+
+        out = run_certify_unit(unit, target, progress)
     else:
         kind = spec_of(unit.attack).inputs
         out = {"tiles": _tiles, "tiles+training": _patch, "none": _fooling, "training": _training}[kind](unit, target, progress)

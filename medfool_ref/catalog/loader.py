@@ -166,16 +166,21 @@ class _Checker:
                 self.ref(d.id, ("counters", i), a, c.attacks, "attack")
             for i, p in enumerate(d.papers):
                 self.ref(d.id, ("papers", i), p, c.papers, "paper")
-            if d.implementation is not None:
-                from ..defences.specs import SPECS as DEFENCES
-
-                if d.implementation not in DEFENCES:
-                    self.report(d.id, ("implementation",), f"{d.implementation!r} is not in the registry of defences ({', '.join(sorted(DEFENCES))})")
+            self.defence_implementation(d)
         self.stable_ids()
         self.atlas()
         self.datasets()
         self.risk()
         self.bib()
+
+    def defence_implementation(self, d: Any) -> None:
+        """A defence's ``implementation`` must name a registered defence (input-side specs or the hardening table)."""
+        from ..defences.registry_hardening import NAMES
+        from ..defences.specs import SPECS
+
+        names = set(NAMES) | set(SPECS)
+        if d.implementation is not None and d.implementation not in names:
+            self.report(d.id, ("implementation",), f"{d.implementation!r} is not in the defences registry ({', '.join(sorted(names))})")
 
     def attacks(self) -> None:
         from ..registry import IMPLEMENTATIONS

@@ -306,7 +306,8 @@ class Defence(Strict):
     papers: list[Slug | BibKey] = []
     summary: Prose
     limitations: Text
-    implementation: Slug | None = None  # a name in medfool_ref.defences.specs, where medfool has the defence as code
+    implementation: Slug | None = None  # a name in the defences registry (loader-checked); null: say why in notes
+    notes: Text | None = None
 
 
 # --------------------------------------------------------------------------- dataset

@@ -125,7 +125,8 @@ def _target(args: argparse.Namespace) -> Any:
 
 def _model_target(args: argparse.Namespace) -> Any:
     from ..targets.config import REFERENCE_CONFIG, ConfigError, load_config
-    from ..targets.reference import ModelFileError, default_device
+    from ..targets.integrity import IntegrityError, verify_pins
+    from ..targets.reference import DEFAULT_WEIGHTS, ModelFileError, default_device
     from ..targets.target import reference_target
     from ..targets.user import ModelError, configured, user_target
 
@@ -133,14 +134,16 @@ def _model_target(args: argparse.Namespace) -> Any:
     try:
         config = load_config(args.config or REFERENCE_CONFIG) if (args.config or args.model == "reference") else None
         if args.model == "reference":
+            verify_pins(config.integrity, weights=args.weights or DEFAULT_WEIGHTS, factory=None,
+                        where=f"--config {args.config or REFERENCE_CONFIG}")
             target = reference_target(args.weights, device=device)
             if list(config.classes) != list(target.classes):
                 raise UsageError(f"--config {args.config}: classes {config.classes} do not match the reference model's {list(target.classes)}")
             return configured(target, config)
         if config is None:
             raise UsageError(f"--model {args.model}: a user's model needs --config model.yaml (class names, tumour classes, input)")
-        return user_target(args.model, config, weights=args.weights, device=device)
-    except ConfigError as exc:
+        return user_target(args.model, config, weights=args.weights, device=device, config_path=args.config)
+    except (ConfigError, IntegrityError) as exc:
         raise UsageError(str(exc)) from None
     except (ModelError, ModelFileError) as exc:
         raise UsageError(str(exc)) from None

@@ -4,4 +4,6 @@
 one small module per defence holds the transformation; :mod:`.system` wraps (model, defences) into the
 defended system, with an adaptive mode (BPDA through non-differentiable steps, EOT over random ones).
 Depends on torch, numpy and Pillow only (never on the catalog).
+The hardening side (``registry_hardening``): adversarial training, randomised-smoothing certificates,
+training-data sanitisation and model-integrity pins.
 """

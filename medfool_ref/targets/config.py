@@ -45,6 +45,13 @@ class InputSpec(_Strict):
         return self
 
 
+class IntegritySpec(_Strict):
+    """Pins checked before any command runs the model (AML.M0008-style validation of the model's files)."""
+
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the --weights file's bytes")
+    factory_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the --model file.py's bytes")
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     classes: list[str] = Field(min_length=2, description="class names in logit order")
@@ -52,6 +59,7 @@ class ModelConfig(_Strict):
     threshold: float | None = Field(None, gt=0, lt=1, description="positive when P(positive classes) >= threshold; null: argmax")
     input: InputSpec = Field(default_factory=InputSpec)
     output: Literal["logits", "probabilities"] = "logits"
+    integrity: IntegritySpec | None = Field(None, description="sha256 pins of the weights and factory files; a mismatch is refused")
 
     @field_validator("classes")
     @classmethod

@@ -186,7 +186,12 @@ def check_model(model: nn.Module, config: ModelConfig, device: torch.device, whe
     return []
 
 
-def user_target(spec: str, config: ModelConfig, *, weights: str | Path | None = None, device: str | torch.device = "cpu") -> Target:
+def user_target(spec: str, config: ModelConfig, *, weights: str | Path | None = None, device: str | torch.device = "cpu",
+                config_path: str | Path | None = None) -> Target:
+    from .integrity import verify_pins
+
+    verify_pins(config.integrity, weights=weights, factory=spec.rpartition(":")[0] or None,
+                where=f"--config {config_path}" if config_path else "--config")  # before the factory file is imported
     net = build(spec)
     if weights is not None:
         load_weights(net, weights)

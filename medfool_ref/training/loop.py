@@ -25,6 +25,10 @@ from ..inputs.tiles import read_tile
 from ..targets.tilenet import TileClassifier, TileNet
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+# the training objective on an augmented batch (default: cross-entropy); adversarial training passes its own
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+# called every ``checkpoint_every`` steps with the step count and the loop's full state (see ``train``)
+Checkpoint = Callable[[int, dict[str, object]], None]
 
 
 @dataclass
@@ -130,16 +134,20 @@ def _zoom(x: torch.Tensor, gen: torch.Generator, z: float) -> torch.Tensor:
 
 def train(bank: CropBank, config: TrainConfig, *, device: torch.device | str = "cpu",
           batch_hook: BatchHook | None = None, progress: Callable[[int, int, float], None] | None = None,
-          init: TileClassifier | None = None) -> TileClassifier:
+          init: TileClassifier | None = None, loss_fn: LossFn | None = None, checkpoint: Checkpoint | None = None,
+          checkpoint_every: int = 50, resume_from: dict[str, object] | None = None) -> TileClassifier:
     """Train a :class:`TileClassifier` on the crop bank; deterministic for a given seed and device (on CUDA
     cuDNN is held to its deterministic convolution algorithms while training).
 
     With ``init`` the given model is copied and training continues from it (fine-tuning on new
-    data, as a service that keeps learning would); otherwise a fresh model is trained.
+    data, as a service that keeps learning would); otherwise a fresh model is trained. ``loss_fn`` replaces the
+    cross-entropy objective (adversarial training). ``checkpoint`` receives the loop's state (model, optimiser,
+    schedule, generator, step) every ``checkpoint_every`` steps; passing such a state back as ``resume_from``
+    continues the run where it stopped, to the same weights as an uninterrupted run.
     """
     device = torch.device(device)
     with _deterministic_cudnn(device):
-        return _train(bank, config, device, batch_hook, progress, init)
+        return _train(bank, config, device, batch_hook, progress, init, loss_fn, checkpoint, checkpoint_every, resume_from)
 
 
 @contextmanager
@@ -156,7 +164,9 @@ def _deterministic_cudnn(device: torch.device) -> Iterator[None]:
 
 
 def _train(bank: CropBank, config: TrainConfig, device: torch.device, batch_hook: BatchHook | None,
-           progress: Callable[[int, int, float], None] | None, init: TileClassifier | None) -> TileClassifier:
+           progress: Callable[[int, int, float], None] | None, init: TileClassifier | None, loss_fn: LossFn | None = None,
+           checkpoint: Checkpoint | None = None, checkpoint_every: int = 50, resume_from: dict[str, object] | None = None
+           ) -> TileClassifier:
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     images = bank.images.to(device)
@@ -177,19 +187,33 @@ def _train(bank: CropBank, config: TrainConfig, device: torch.device, batch_hook
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     counts = torch.bincount(labels, minlength=len(CLASSES)).float()
     weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))[labels]
+    start = 0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])  # type: ignore[arg-type]
+        opt.load_state_dict(resume_from["optimizer"])  # type: ignore[arg-type]
+        sched.load_state_dict(resume_from["schedule"])  # type: ignore[arg-type]
+        gen.set_state(resume_from["generator"])  # type: ignore[arg-type]
+        torch.set_rng_state(resume_from["torch_rng"])  # type: ignore[arg-type]  # dropout draws from the global generator
+        if device.type == "cuda" and "cuda_rng" in resume_from:
+            torch.cuda.set_rng_state(resume_from["cuda_rng"], device)  # type: ignore[arg-type]
+        start = int(resume_from["step"])  # type: ignore[arg-type]
     model.train()
-    for step in range(config.steps):
+    for step in range(start, config.steps):
         idx = torch.multinomial(weights, config.batch_size, replacement=True, generator=gen)
         x = augment(images[idx].float().div(255), gen, config.colour_jitter, stain=config.stain_jitter,
                     blur=config.blur_sigma, scale=config.scale_jitter)
         y = labels[idx]
         if batch_hook is not None:
             x, y = batch_hook(x, y, gen)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x), y) if loss_fn is None else loss_fn(model, x, y, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == config.steps):
+            checkpoint(step + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+                                  "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step + 1,
+                                  **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})})
         if progress is not None:
             progress(step + 1, config.steps, loss.item())
     return model.eval()
