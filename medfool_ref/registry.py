@@ -182,6 +182,21 @@ SPECS: dict[str, AttackSpec] = {s.name: s for s in (
     AttackSpec("direct-gradient-poisoning", "poisoning", "direct_gradient_poison", "direct-gradient-poisoning", "training",
                "never", "white-box", "the per-tile gradient baseline the generator is timed against",
                showcase=Showcase(same_as="generative-poisoning", recorded=True)),
+    # --- universal ---
+    AttackSpec("uap", "universal", "uap", "universal-adversarial-perturbation", "tiles+training", "optional", "white-box",
+               "one L-inf pattern computed on support tiles and added unchanged to other tiles (SGD-UAP)",
+               budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"), showcase=Showcase(support=18, recorded=True)),
+    AttackSpec("common-noise", "universal", "common_noise", "common-adversarial-noise", "tiles+training", "never", "white-box",
+               "one L-inf pattern per class, each computed on that class's support tiles",
+               budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"), showcase=Showcase(support=18, recorded=True)),
+    AttackSpec("utap", "universal", "utap", "utap", "tiles+training", "never", "white-box",
+               "one L-inf pattern that scrambles the penultimate features, computed without labels",
+               budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"), showcase=Showcase(support=18, recorded=True)),
+    AttackSpec("moea-apga", "moea", "moea_apga", "moea-apga", "tiles", "required", "black-box",
+               "NSGA-II over low-resolution perturbations: margin and L2 norm as two objectives, probabilities only",
+               budget=Budget("eps_max", 16 / 255, (8 / 255, 16 / 255), "/255"), default_target="NORM",
+               showcase=Showcase(target="NORM", limit=6, recorded=True)),
+    # --- end universal ---
 )}
 
 # name -> (module under medfool_ref.attacks, function name); what the catalog may name

@@ -76,7 +76,15 @@ def execute(unit: Unit, target: Target, *, progress: Progress | None = None) -> 
         out = run_certify_unit(unit, target, progress)
     else:
         kind = spec_of(unit.attack).inputs
-        out = {"tiles": _tiles, "tiles+training": _patch, "none": _fooling, "training": _training}[kind](unit, target, progress)
+        if kind == "tiles+training" and unit.attack != "patch":  # a universal pattern (campaign/universal.py)
+            from .universal import run_universal
+
+            def run_kind(u: Unit, t: Target, p: Progress | None) -> UnitOutcome:
+                return run_universal(u, t, p, load_items=load_items, view=view, probs=_probs, scored=_scored,
+                                     outcome=_outcome, positive=_positive)
+        else:
+            run_kind = {"tiles": _tiles, "tiles+training": _patch, "none": _fooling, "training": _training}[kind]
+        out = run_kind(unit, target, progress)
     out.seconds = out.seconds or time.perf_counter() - started
     out.device = str(target.device)
     return out

@@ -117,6 +117,35 @@ def patch_units(items: Sequence[Item], support: Sequence[Item], *, params: Mappi
     return [Unit("patch", p, b, sup, target, opts, keep_images, label) for b in batches(items, batch_size)]
 
 
+# universal patterns (run by campaign/universal.py)
+UNIVERSAL = ("uap", "common-noise", "utap")
+
+
+def universal_units(attack: str, items: Sequence[Item], support: Sequence[Item], *, params: dict[str, Any] | None = None,
+                    target: int | None = None, batch_size: int = 64, keep_images: bool = False, label: str = "") -> list[Unit]:
+    """Units of a universal attack: the pattern computed on ``support`` (one tile size), scored on ``items``."""
+    s = spec_of(attack)
+    if attack not in UNIVERSAL:
+        raise PlanError(f"{attack} is not a universal-pattern attack")
+    _check_target(s, target)
+    if not support:
+        raise PlanError(f"{attack} needs support tiles to compute its pattern on")
+    overlap = {i.id for i in support} & {i.id for i in items}
+    if overlap:
+        raise PlanError(f"{attack}: {len(overlap)} tile(s) are both support and scored; a universal pattern is measured on other tiles")
+    p, sup = _frozen(resolve_params(s, params)), tuple(support)
+    return [Unit(attack, p, b, sup, target, (), keep_images, label) for b in batches(items, batch_size)]
+
+
+def showcase_split(groups: list[list[Item]], goal: int | None, support: int) -> tuple[list[Item], list[Item]]:
+    """Support: every other tile of the largest size group (not of the target class), at most ``support``;
+    scored: every other such tile of every group."""
+    big = max(groups, key=len)
+    chosen = [i for i in big if i.label != goal][0::2][:support]
+    ids = {i.id for i in chosen}
+    return chosen, [i for g in groups for i in g if i.label != goal and i.id not in ids]
+
+
 def fooling_unit(*, params: Mapping[str, Any] | None = None, target: int | None = None, label: str = "") -> Unit:
     s = spec_of("fooling-images")
     return Unit(s.name, _frozen(resolve_params(s, params)), target=target, label=label)

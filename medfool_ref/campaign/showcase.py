@@ -100,6 +100,12 @@ def plan(names: list[str], target: Target, correct: list[Item]) -> dict[str, lis
                 if sc.control is not None:
                     control = tile_units(sc.control[0], tiles, params=dict(sc.control[1]), target=goal, batch_size=BATCH,
                                          options=opts, label=f"control of {name}: {label}")
+            elif s.inputs == "tiles+training" and name != "patch":  # a universal pattern: support and scored tiles disjoint
+                from .plan import showcase_split, universal_units
+
+                support, others = showcase_split(groups, goal, sc.support)
+                units = universal_units(name, others, support, params=params, target=goal, batch_size=BATCH,
+                                        keep_images=True, label=label)
             elif s.inputs == "tiles+training":
                 support = [i for i in groups[-1] if i.label != goal][:sc.support]
                 others = [i for g in groups[:-1] for i in g if i.label != goal]

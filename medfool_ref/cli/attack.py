@@ -61,7 +61,7 @@ def run_attack(args: argparse.Namespace) -> int:
     params = preset_params(s.name, args.preset, parse_sets(s, args.set))
     if s.inputs != "none" and args.tile is None:
         raise UsageError(f"--tile is required for {args.name} (a file, or sample:CLASS such as sample:TUM)")
-    if s.inputs == "tiles+training" and args.target is None:
+    if s.inputs == "tiles+training" and s.targeted == "required" and args.target is None:
         raise UsageError(f"{args.name} needs --target (the class the patch should force, e.g. NORM)")
     try:
         target = reference_target(args.model)
@@ -72,7 +72,8 @@ def run_attack(args: argparse.Namespace) -> int:
     except (TileError, ModelFileError) as exc:
         raise UsageError(str(exc)) from None
     classes = target.classes
-    goal = class_index(args.target, classes, "--target") if args.target is not None else None
+    wanted = args.target if args.target is not None else (s.default_target if s.command == "attack" else None)
+    goal = class_index(wanted, classes, "--target") if wanted is not None else None
     if goal is not None and s.targeted == "never":
         raise UsageError(f"{args.name} is untargeted; --target is not accepted")
     label = class_index(args.label, classes, "--label") if args.label is not None else None
@@ -82,6 +83,11 @@ def run_attack(args: argparse.Namespace) -> int:
     try:
         if s.inputs == "tiles":
             units = tile_units(s.name, [item], params=params, target=goal, keep_images=True)
+        elif s.inputs == "tiles+training" and s.name != "patch":  # a universal pattern, computed on other sample tiles
+            from ..campaign.plan import universal_units
+
+            support = _universal_support(target, out, goal, args.resume, item, s.showcase.support)
+            units = universal_units(s.name, [item], support, params=params, target=goal, keep_images=True)
         elif s.inputs == "tiles+training":
             support = [] if "patch_file" in params else _patch_training_tiles(target, out, goal, args.resume)
             units = patch_units([item], support, params=params, target=goal, keep_images=True)
@@ -124,6 +130,18 @@ def _patch_training_tiles(target: Any, out: Path, goal: int, resume: bool) -> li
     return [i for i in group if i.label != goal][:SPECS["patch"].showcase.support]
 
 
+def _universal_support(target: Any, out: Path, goal: int | None, resume: bool, item: Any, limit: int) -> list[Any]:
+    """The showcase's support tiles of a universal pattern, never the tile being attacked (nor a tile with its content)."""
+    from ..campaign.plan import by_size
+    from ..campaign.showcase import correct_items
+    from ..campaign.store import ResultsStore
+    from ..campaign.plan import showcase_split
+
+    correct, _ = correct_items(target, ResultsStore(out), resume=resume)
+    support, _ = showcase_split(by_size([i for i in correct if i.id != item.id]), goal, limit)
+    return support
+
+
 def _write_tile(store: Any, unit: dict[str, Any], classes: tuple[str, ...], out: Path, s: AttackSpec, args: argparse.Namespace,
                 notes: list[str]) -> int:
     from ..inputs.tiles import from_png_bytes, read_tile, save_png
@@ -151,7 +169,11 @@ def _write_tile(store: Any, unit: dict[str, Any], classes: tuple[str, ...], out:
         "extra": {k: v for k, v in {**extra, **rec["extra"]}.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         "device": unit["device"], "unit": unit["key"], "store": str(store.path), "input_notes": notes,
     }
-    if s.inputs == "tiles+training":
+    if s.inputs == "tiles+training" and s.name != "patch":
+        report.update({"support_tiles": extra.get("support_tiles"), "on_support_tiles": extra.get("on_support_tiles"),
+                       "random_pattern_success": bool(rec["extra"].get("random_success")), "pattern": str(out / "pattern.png")})
+        save_png(from_png_bytes(store.artifact(unit["key"], "pattern.png")), out / "pattern.png")
+    elif s.inputs == "tiles+training":
         report.update({"area": extra.get("measured_area"), "patch": extra.get("patch_from") or str(out / "patch.png"),
                        "trained_on_sample_tiles": extra.get("train_tiles", 0)})
         if "patch_from" not in extra:

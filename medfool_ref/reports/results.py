@@ -95,6 +95,37 @@ def patch_summary(store: ResultsStore, name: str, entries: list[Entry], classes:
     return out
 
 
+def universal_summary(store: ResultsStore, name: str, entries: list[Entry], classes: Classes, folder: Path) -> dict[str, Any]:
+    """A universal pattern: success on the held-out tiles (never its support tiles) beside a random pattern of the same norm."""
+    from ..training.reference import wilson_interval
+
+    e = entries[0]
+    units = store.units(keys=e.keys)
+    recs = store.items(e.keys)
+    ok = [bool(r["success_8bit"]) for r in recs]
+    rnd = [bool(r["extra"].get("random_success")) for r in recs]
+    n, k, kr = len(recs), sum(ok), sum(rnd)
+    first = units[0]["extra"]
+    out: dict[str, Any] = {
+        "attack": name, "held_out_tiles": n, "success_rate": k / max(n, 1),
+        "held_out_success": f"{k}/{n}, 95% Wilson {wilson_interval(k, n)[0]:.1%}-{wilson_interval(k, n)[1]:.1%}",
+        "random_pattern_same_linf": f"{kr}/{n}, 95% Wilson {wilson_interval(kr, n)[0]:.1%}-{wilson_interval(kr, n)[1]:.1%}",
+        "support_tiles": first.get("support_tiles"), "on_support_tiles": first.get("on_support_tiles"),
+        "seconds": round(units[0]["seconds"], 2), "params": e.params}
+    covered = [r for r in recs if "covered" in r["extra"]]
+    if covered:
+        c = [bool(r["success_8bit"]) for r in covered if r["extra"]["covered"]]
+        out["held_out_classes_with_support"] = f"{sum(c)}/{len(c)}"
+    data = store.artifact(e.keys[0], "pattern.png")
+    if data is not None:
+        save_png(from_png_bytes(data), folder / "pattern.png")
+    pick = example_record(store, e.keys, classes)
+    if pick is not None and draw_example(store, *pick, classes, folder / "comparison.png"):
+        out["example_tile"] = pick[1]["name"]
+        out["example_fooled_after_8bit"] = bool(pick[1]["success_8bit"])
+    return out
+
+
 def fooling_summary(store: ResultsStore, name: str, entries: list[Entry], classes: Classes, folder: Path) -> dict[str, Any]:
     e = entries[0]
     units = store.units(keys=e.keys)
@@ -227,6 +258,8 @@ def write_reports(store: ResultsStore, entries: dict[str, list[Entry]], names: l
             continue
         elif spec.inputs == "training":
             summary = (badnets_summary if name == "badnets" else generative_summary)(store, name, entries[name], classes, folder)
+        elif spec.inputs == "tiles+training" and name != "patch":
+            summary = universal_summary(store, name, entries[name], classes, folder)
         else:
             summary = SUMMARIES[spec.inputs](store, name, entries[name], classes, folder)
         summary["device"] = device

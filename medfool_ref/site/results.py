@@ -56,6 +56,12 @@ LABELS = {
     "timing": "time per poisoned tile",
     "accuracy_drop_vs_noise": "accuracy drop against the random-noise control at 20% poison (negative: the poison did less harm)",
     "accuracy_drop_vs_label_flip": "accuracy drop against the label-flip control at 20% poison (negative: the poison did less harm)",
+    "held_out_tiles": "tiles scored (never those the pattern was computed on)",
+    "held_out_success": "fooled on those held-out tiles (8-bit)",
+    "random_pattern_same_linf": "a random sign pattern of the same L-inf norm on the same tiles (control)",
+    "support_tiles": "tiles the pattern was computed on",
+    "on_support_tiles": "success on those tiles (a training figure)",
+    "held_out_classes_with_support": "fooled among held-out tiles whose class had support tiles",
     "accuracy_drop_reward_generator_vs_noise": "the paper's-reward generator: accuracy drop against random noise at 20% poison",
 }
 FIGURES = {
@@ -63,6 +69,7 @@ FIGURES = {
     "patch.png": "The universal patch trained for 10% of the tile area (target: normal mucosa).",
     "gallery.png": "Evolved images, one per class, with the reference model's confidence for that class.",
     "triggered.png": "Training crops with the ink-mark trigger, and what the backdoored model calls them (true class -> prediction).",
+    "pattern.png": "The universal pattern, mapped from [-eps, eps] to [0, 1] (the first class's pattern for per-class noise).",
     "poisoned.png": "Clean training crops (top) and the generator's poisoned versions submitted under the next class's label (bottom).",
 }
 
