@@ -22,7 +22,7 @@ from importlib import import_module
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
-Inputs = Literal["tiles", "tiles+training", "none", "training"]
+Inputs = Literal["tiles", "tiles+training", "none", "training", "slide"]  # slide: run by `medfool slide attack`
 Targeting = Literal["never", "optional", "required"]
 Knowledge = Literal["white-box", "black-box"]
 
@@ -100,8 +100,13 @@ class AttackSpec:
     def command(self) -> str:
         return "poison" if self.inputs == "training" else "attack"
 
+    @property
+    def module_path(self) -> str:
+        """The module's full name: under medfool_ref.attacks, or (a dotted name) under medfool_ref."""
+        return f"medfool_ref.{self.module}" if "." in self.module else f"medfool_ref.attacks.{self.module}"
+
     def function_object(self) -> Callable[..., Any]:
-        return getattr(import_module(f"medfool_ref.attacks.{self.module}"), self.function)
+        return getattr(import_module(self.module_path), self.function)
 
     def parameters(self) -> dict[str, Extra]:
         """Every parameter a user can set, with its type and default (from the function's signature and the extras)."""
@@ -197,9 +202,26 @@ SPECS: dict[str, AttackSpec] = {s.name: s for s in (
                budget=Budget("eps_max", 16 / 255, (8 / 255, 16 / 255), "/255"), default_target="NORM",
                showcase=Showcase(target="NORM", limit=6, recorded=True)),
     # --- end universal ---
+    # --- natural ---
+    AttackSpec("adversarial-stain-perturbation", "stain", "stain_perturbation", "adversarial-stain-perturbation", "tiles",
+               "never", "white-box", "the worst H&E stain vectors and concentrations within a stated range, by gradient",
+               budget=Budget("max_angle_deg", 8.0, (4.0, 8.0, 12.0), "degrees"), showcase=Showcase(limit=4, groups="first")),
+    AttackSpec("white-balance-shift", "whitebalance", "white_balance", "white-balance-shift", "tiles", "never", "black-box",
+               "the worst camera colour temperature and tint within a stated range, from a query budget",
+               showcase=Showcase(limit=4, groups="first")),
+    AttackSpec("physical-artefacts", "artefacts", "physical_artefacts", "physical-artefacts", "tiles", "never", "black-box",
+               "the worst placement of generated ink, bubble, fold or blur artefacts from a query budget",
+               showcase=Showcase(runs=(_p(kind="ink"), _p(kind="bubble"), _p(kind="fold"), _p(kind="blur")), limit=4,
+                                 groups="first")),
+    AttackSpec("gradient-shielding", "shielding", "gradient_shielding", "gradient-shielding", "tiles", "never", "white-box",
+               "PGD restricted to the most gradient-sensitive pixels, beside a random mask and plain PGD",
+               budget=Budget("eps", 8 / 255, LINF_SWEEP, "/255"), showcase=Showcase(limit=4, groups="first")),
+    AttackSpec("mil-slide-perturbation", "campaign.slide", "attack_slide", "mil-slide-perturbation", "slide", "never", "white-box",
+               "a registered tile attack on the few tiles that carry a slide's call, re-aggregated (medfool slide attack)"),
+    # --- end natural ---
 )}
 
-# name -> (module under medfool_ref.attacks, function name); what the catalog may name
+# name -> (module under medfool_ref.attacks, or a dotted name under medfool_ref, function name); what the catalog may name
 IMPLEMENTATIONS: dict[str, tuple[str, str]] = {name: (s.module, s.function) for name, s in SPECS.items()}
 
 
@@ -223,7 +245,7 @@ def source_files(name: str) -> list[Path]:
     """The files a showcase result of ``name`` depends on: its attack module and what it imports from the
     package (transitively), the executor, and the reference model's weights."""
     s = spec(name)
-    todo, seen = [PACKAGE / "attacks" / f"{s.module}.py", PACKAGE / "campaign" / "execute.py"], set()
+    todo, seen = [PACKAGE.joinpath(*s.module_path.split(".")[1:]).with_suffix(".py"), PACKAGE / "campaign" / "execute.py"], set()
     while todo:
         f = todo.pop()
         if f in seen or not f.is_file():

@@ -31,6 +31,8 @@ def _spec(name: str) -> AttackSpec:
     if s.inputs == "training":
         verb = SPECS[s.showcase.same_as].verb if s.showcase.same_as else s.verb
         raise UsageError(f"{name} tampers with training, not with a tile: use 'medfool poison {verb} --out DIR'")
+    if s.inputs == "slide":
+        raise UsageError(f"{name} attacks a whole slide, not a tile: use 'medfool slide attack SLIDE --attack pgd --tiles K --out DIR'")
     return s
 
 
@@ -209,7 +211,7 @@ def _write_fooling(store: Any, unit: dict[str, Any], out: Path) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    names = ", ".join(n for n, s in SPECS.items() if s.command == "attack")
+    names = ", ".join(n for n, s in SPECS.items() if s.command == "attack" and s.inputs != "slide")
     p = sub.add_parser("attack", help="run a reference attack on one tile and write the adversarial tile, a figure and report.json")
     p.add_argument("name", help=f"attack name: {names}")
     p.add_argument("--tile", help="8-bit RGB tile (PNG, TIFF, JPEG) or sample:CLASS (see 'medfool tiles'); not used by fooling-images")

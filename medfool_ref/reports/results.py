@@ -59,12 +59,37 @@ def tile_summary(store: ResultsStore, name: str, entries: list[Entry], classes: 
         c = tile_metrics(store, entry.control_keys, classes)
         out["pgd_expected_success_same_draws"] = c.get("expected_success_mean")
         out["pgd_success_untransformed"] = c["success_rate"]
+    out.update(baseline_figures(m))
+    if m.get("random_baseline_success_mean") is not None and m["success_rate"] is not None:
+        base = round(m["random_baseline_success_mean"] * m["images"])
+        word = "beats" if m["successes"] > base else "ties with" if m["successes"] == base else "does not beat"
+        out["versus_random_baseline"] = f"{word} it on these tiles ({m['successes']}/{m['images']} vs {base}/{m['images']})"
     pick = example_record(store, entry.keys, classes)
     if pick is not None and draw_example(store, *pick, classes, folder / "comparison.png"):
         out["example_tile"] = pick[1]["name"]
         out["example_fooled_after_8bit"] = bool(pick[1]["success_8bit"])
     out["before_after"] = m["before_after"]
+    if len(entries) > 1:  # one run per parameter set (e.g. per artefact kind): each beside its baseline, and a gallery
+        out["by_run"], shown = {}, []
+        for e in entries:
+            em = tile_metrics(store, e.keys, classes)
+            if not em["images"]:
+                continue
+            out["by_run"][e.label] = {"success": f"{em['successes']}/{em['images']}", **baseline_figures(em)}
+            pick = example_record(store, e.keys, classes)
+            data = store.artifact(pick[0], f"adversarial/{pick[1]['pos']}.png") if pick else None
+            if data is not None:
+                shown.append((from_png_bytes(data), f"{e.label}: {classes[pick[1]['pred_8bit']]}"))
+        if shown:
+            gallery_figure([im for im, _ in shown], [c for _, c in shown], folder / "runs.png", columns=len(shown))
     return out
+
+
+def baseline_figures(m: dict[str, Any]) -> dict[str, Any]:
+    """The in-call comparisons an attack recorded per tile (random baseline at the same queries, plain PGD), as rates."""
+    keys = {"random_baseline_success_mean": "random_baseline_success", "random_draw_success_mean": "random_single_draw_success",
+            "pgd_success_mean": "pgd_success_same_budget", "pgd_l0_mean": "pgd_mean_l0"}
+    return {label: m[k] for k, label in keys.items() if m.get(k) is not None}
 
 
 def patch_summary(store: ResultsStore, name: str, entries: list[Entry], classes: Classes, folder: Path) -> dict[str, Any]:

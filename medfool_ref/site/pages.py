@@ -136,11 +136,13 @@ def attack_page(c: Catalog, aid: str, results_dir: object = None, audit: dict | 
     lik, parts = likelihood(a)
     impl = run = None
     if a.implementation:
-        from ..registry import IMPLEMENTATIONS
+        from ..registry import IMPLEMENTATIONS, spec
+        from .slides import URI as SLIDES_URI
 
         module, func = IMPLEMENTATIONS[a.implementation]
         python, cli = usage(a.implementation, module, func)
-        impl = {"name": a.implementation, "module": module, "python": python, "cli": cli}
+        impl = {"name": a.implementation, "path": spec(a.implementation).module_path.replace(".", "/") + ".py", "python": python,
+                "cli": cli, "slides": href(here, SLIDES_URI) if spec(a.implementation).inputs == "slide" else None}
         run = read_run(a.implementation, results_dir, here)
     from .audit import rows_for
 
@@ -184,6 +186,14 @@ def usage(impl: str, module: str, func: str) -> tuple[str, str]:
                   "result = fooling_images(load_model(), classes=[8], generations=100)  # 8 = TUM\n"
                   "print(result.summary())")
         cli = "medfool attack fooling-images --target TUM --out out/   # gallery.png, one PNG per class, report.json"
+    elif impl == "mil-slide-perturbation":
+        python = ("# the slide attack is a plan over a slide's tiles run through the campaign core; the command is its interface\n"
+                  "import subprocess\n\n"
+                  "subprocess.run([\"medfool\", \"slide\", \"demo\", \"--out\", \"slide-demo/\"], check=True)  # the recorded run\n"
+                  "# or: medfool slide attack SLIDE --attack pgd --tiles 8 --out DIR (see medfool slide attack --help)")
+        cli = ("medfool slide attack SLIDE --attack pgd (--tiles K | --fraction F) [--search] --out DIR\n"
+               "# attacks the tiles that carry the call, re-aggregates (max, mean, top-k, attention) and writes the attacked slide\n"
+               "medfool attack mil-slide-perturbation ...   # refused (exit 2): it needs a slide, not a tile")
     elif impl == "patch":
         python = ("from medfool_ref.targets.reference import load_model\n"
                   f"from medfool_ref.attacks.{module} import {func}\n\n"

@@ -38,6 +38,12 @@ LABELS = {
     "pgd_expected_success_same_draws": "plain PGD's expected success under the same draws",
     "pgd_success_untransformed": "plain PGD's success without transformations",
     "median_l0": "median changed pixels (L0)",
+    "random_baseline_success": "random baseline at the same query count or mask size (share of tiles fooled)",
+    "random_single_draw_success": "a single random draw from the same range (expected share of tiles fooled)",
+    "pgd_success_same_budget": "plain PGD at the same L-inf budget and steps (success rate)",
+    "pgd_mean_l0": "plain PGD's mean changed pixels (L0)",
+    "versus_random_baseline": "against its random baseline",
+    "by_run": "per run (tiles fooled; random baseline; single random draw)",
     "target": "target class",
     "before_after": "predictions before -> after (tiles)",
     "train_tiles": "tiles the patch was trained on",
@@ -70,6 +76,7 @@ FIGURES = {
     "gallery.png": "Evolved images, one per class, with the reference model's confidence for that class.",
     "triggered.png": "Training crops with the ink-mark trigger, and what the backdoored model calls them (true class -> prediction).",
     "pattern.png": "The universal pattern, mapped from [-eps, eps] to [0, 1] (the first class's pattern for per-class noise).",
+    "runs.png": "One tile per run (for physical artefacts: one per kind) at the worst setting found, with the reference model's call.",
     "poisoned.png": "Clean training crops (top) and the generator's poisoned versions submitted under the next class's label (bottom).",
 }
 
@@ -136,6 +143,9 @@ def _sub(k: str, v: object) -> str:
         if other:
             text += f" / {_pct(other.get('adversarial'), 0)} (grey {_pct(other.get('grey'), 0)}, noise {_pct(other.get('noise'), 0)})"
         return text
+    if isinstance(v, dict) and "success" in v:
+        return (f"{k}: {v['success']} (random baseline {_pct(v.get('random_baseline_success'), 0)}, "
+                f"single draw {_pct(v.get('random_single_draw_success'), 0)})")
     return f"{k}={_num(v)}"
 
 
