@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,7 +24,20 @@ import torch
 from PIL import Image
 
 from ..inputs.items import Item
-from ..inputs.slides import Grid, Slide, SlideError, Tissue, detect_tissue, file_sha256, prefetch, read_regions, tile_grid, tile_items
+from ..inputs.slides import (
+    MAX_TILES,
+    PIXEL_BUDGET,
+    Grid,
+    Slide,
+    SlideError,
+    Tissue,
+    detect_tissue,
+    prefetch,
+    read_regions,
+    slide_sha256,
+    tile_grid,
+    tile_items,
+)
 from ..inputs.tiles import from_png_bytes
 from ..registry import spec as spec_of
 from ..targets.aggregate import DEFAULT_K, MilHead, embed, embedding_module, flip_scan, slide_calls, smallest_flip
@@ -67,15 +81,19 @@ class SlidePlan:
 
 
 def plan_slide(path: str | Path, *, target_mpp: float, side: int, overlap: int = 0, min_tissue: float = 0.5,
-               mpp: float | None = None, roi: tuple[int, int, int, int] | None = None, method: str = "saturation") -> SlidePlan:
+               mpp: float | None = None, roi: tuple[int, int, int, int] | None = None, method: str = "saturation",
+               pixel_budget: int = PIXEL_BUDGET, max_tiles: int = MAX_TILES) -> SlidePlan:
     """Open the slide, lay the grid of ``side``-pixel tiles at ``target_mpp`` and keep the tiles with at least
-    ``min_tissue`` tissue (Otsu on a low-resolution read); a slide with none is refused."""
+    ``min_tissue`` tissue (Otsu on a low-resolution read); a slide with none is refused, and so is one whose tissue mask
+    would decode more than ``pixel_budget`` pixels or whose grid would hold more than ``max_tiles`` tiles."""
     if not 0 < min_tissue <= 1:
         raise SlideError(f"--min-tissue {min_tissue}: must be in (0, 1]")
+    if pixel_budget < 1 or max_tiles < 1:
+        raise SlideError(f"--pixel-budget {pixel_budget} / --max-tiles {max_tiles}: must be >= 1")
     with Slide(path) as slide:
         mpp0 = slide.resolve_mpp(mpp)
-        grid = tile_grid(slide, mpp0=mpp0, target_mpp=target_mpp, side=side, overlap=overlap, roi=roi)
-        tissue = detect_tissue(slide, scale=grid.tile0 / 16, method=method)
+        grid = tile_grid(slide, mpp0=mpp0, target_mpp=target_mpp, side=side, overlap=overlap, roi=roi, max_tiles=max_tiles)
+        tissue = detect_tissue(slide, scale=grid.tile0 / 16, method=method, pixel_budget=pixel_budget)
         info = slide.info()
     boxes, rc = grid.positions()
     fr = tissue.fractions(boxes)
@@ -83,7 +101,7 @@ def plan_slide(path: str | Path, *, target_mpp: float, side: int, overlap: int =
     if not keep.any():
         raise SlideError(f"{path}: no tissue: none of the {grid.count} tiles is {min_tissue:.0%} tissue "
                          f"({tissue.method} threshold {tissue.threshold:.3f}, tissue in {tissue.mask.mean():.1%} of the thumbnail)")
-    sha = file_sha256(path)
+    sha = slide_sha256(path)
     info["mpp_used"] = mpp0
     return SlidePlan(str(path), sha, info, grid, tissue, boxes[keep], rc[keep], fr[keep], tile_items(path, sha, boxes[keep], grid),
                      min_tissue, grid.count)
@@ -92,17 +110,83 @@ def plan_slide(path: str | Path, *, target_mpp: float, side: int, overlap: int =
 # --------------------------------------------------------------------------- the engine
 
 
+class TileProgress:
+    """Tiles done, their rate and an estimate of the time left, on standard error: a tqdm bar on a terminal, otherwise
+    (a log, a pipe) one line every ``EVERY_S`` seconds and one at the end of a run that printed any."""
+
+    EVERY_S = 30.0
+
+    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
+        import sys
+        import time
+
+        self.total, self.label, self.done = total, label, 0
+        self.shown: int | None = None  # the count last printed
+        self.clock = time.monotonic
+        self.start = self.last = self.clock()
+        self.stream = sys.stderr
+        self.bar = None
+        if enabled and self.stream.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="tile", leave=False)
+        self.enabled = enabled
+
+    def line(self) -> str:
+        spent = max(self.clock() - self.start, 1e-9)
+        rate = self.done / spent
+        text = f"{self.label} {self.done:,}/{self.total:,} ({self.done / max(self.total, 1):.0%}), {rate:.1f} tiles/s"
+        if self.done < self.total:
+            text += f", about {_duration((self.total - self.done) / rate)} left" if rate > 0 else ", time left unknown yet"
+        return text + f" ({_duration(spent)} so far)"
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and self.clock() - self.last >= self.EVERY_S:
+            self.show()
+
+    def show(self) -> None:
+        self.last, self.shown = self.clock(), self.done
+        print(self.line(), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.shown is not None and self.shown != self.done:
+            self.show()
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 class SlideEngine:
     """Runs units in this process like the local engine, reading the next unit's regions in the background and keeping
-    the clean pass's tile embeddings (``embed``: the module whose output is the embedding) as an artifact."""
+    the clean pass's tile embeddings (``embed``: the module whose output is the embedding) as an artifact; reports
+    progress in tiles with the time left (:class:`TileProgress`)."""
 
     name = "local-slide"
 
-    def __init__(self, *, embed: torch.nn.Module | None = None) -> None:
+    def __init__(self, *, embed: torch.nn.Module | None = None, label: str = "slide: tiles", progress: bool = True) -> None:
         self.embed = embed
+        self.label, self.progress = label, progress
 
     def run(self, units: Sequence[Unit], target: Target) -> Iterator[UnitOutcome | UnitFailure]:
         units = list(units)
+        bar = TileProgress(sum(len(u.items) for u in units), self.label, self.progress)
+        try:
+            yield from self._run(units, target, bar)
+        finally:
+            bar.close()
+
+    def _run(self, units: list[Unit], target: Target, bar: TileProgress) -> Iterator[UnitOutcome | UnitFailure]:
         for i, unit in enumerate(units):
             if i + 1 < len(units) and any(it.region is not None for it in units[i + 1].items):
                 prefetch(units[i + 1].items)
@@ -114,6 +198,7 @@ class SlideEngine:
             try:
                 outcome = execute(unit, target)
             except Exception as exc:  # noqa: BLE001 - recorded as the unit's failure, as the local engine does
+                bar.update(len(unit.items))
                 yield failure(unit, exc)
                 continue
             finally:
@@ -121,6 +206,7 @@ class SlideEngine:
                     hook.remove()
             if captured:
                 outcome.artifacts.append(Artifact(EMBEDDINGS, "application/octet-stream", captured[0].numpy().astype("<f4").tobytes()))
+            bar.update(len(unit.items))
             yield outcome
 
 
@@ -175,7 +261,8 @@ def predict_slide(plan: SlidePlan, target: Target, store: ResultsStore, *, head:
     head, _ = head_for(target, head)
     module = embedding_module(target.model) if head is not None else None
     units = predict_units(plan.items, batch_size)
-    run = run_campaign(units, target, store, engine=engine or SlideEngine(embed=module), resume=resume, progress=progress,
+    run = run_campaign(units, target, store, engine=engine or SlideEngine(embed=module, progress=progress), resume=resume,
+                       progress=progress and engine is not None,
                        label="slide: tiles", meta={"slide": plan.path, "slide_sha256": plan.sha256})
     _checked(run)
     index = {it.id: n for n, it in enumerate(plan.items)}
@@ -332,8 +419,9 @@ def attack_slide(plan: SlidePlan, pred: Predictions, target: Target, store: Resu
                            label=f"slide {goal}")
     except PlanError as exc:
         raise SlideRunError(str(exc)) from None
-    run = run_campaign(units, target, store, engine=engine or SlideEngine(), resume=resume, progress=progress,
-                       label=f"slide: {attack}", meta={"slide": plan.path, "slide_sha256": plan.sha256})
+    run = run_campaign(units, target, store, engine=engine or SlideEngine(label=f"slide: {attack}", progress=progress), resume=resume,
+                       progress=progress and engine is not None, label=f"slide: {attack}",
+                       meta={"slide": plan.path, "slide_sha256": plan.sha256})
     _checked(run)
     where, fooled = {}, {}
     for u in store.units(keys=run.keys):
@@ -394,8 +482,10 @@ def needs(pred: Predictions, a: SlideAttack, thresholds: dict[str, float], k: in
 # --------------------------------------------------------------------------- writing the attacked slide back
 
 
-def write_attacked(plan: SlidePlan, a: SlideAttack, store: ResultsStore, out_path: str | Path, *, tile: int = 256) -> dict[str, Any]:
-    """Write the slide with the attacked tiles replaced, as a pyramidal tiled TIFF, tile by tile. Level 0 outside the
+def write_attacked(plan: SlidePlan, a: SlideAttack, store: ResultsStore, out_path: str | Path, *, tile: int = 256,
+                   dicom: str | None = None) -> dict[str, Any]:
+    """Write the slide with the attacked tiles replaced, as a pyramidal tiled TIFF (or, with ``dicom`` set to a
+    compression, as a DICOM WSI: the folder ``out_path`` of .dcm files, one per level), tile by tile. Level 0 outside the
     attacked tiles holds the source's decoded pixels; an attacked tile read at level 0 without resizing is its 8-bit
     adversarial exactly (otherwise the adversarial's difference is resized onto the source's level-0 pixels). Lower
     levels are the source's levels with the attacked tiles pasted at their footprint. Later tiles win where they overlap."""
@@ -451,15 +541,29 @@ def write_attacked(plan: SlidePlan, a: SlideAttack, store: ResultsStore, out_pat
         note += ". Source: " + STATEMENT
     partial = out_path.with_name(out_path.name + ".partial")
     try:
-        dims = write_pyramid(partial, width=W, height=H, mpp=plan.info["mpp_used"], read_level=read_level, tile=tile, description=note)
-        partial.replace(out_path)
+        if dicom is None:
+            dims = write_pyramid(partial, width=W, height=H, mpp=plan.info["mpp_used"], read_level=read_level, tile=tile, description=note)
+            partial.replace(out_path)
+        else:
+            from ..inputs.dicom import write_dicom
+
+            if out_path.exists():
+                raise SlideRunError(f"{out_path}: already exists; a DICOM WSI is written into a new folder")
+            shutil.rmtree(partial, ignore_errors=True)
+            dims = write_dicom(partial, width=W, height=H, mpp=plan.info["mpp_used"], read_level=read_level, tile=tile, description=note,
+                               compression=dicom, seed=f"{plan.sha256}|{a.attack}|{','.join(map(str, a.order.tolist()))}")
+            partial.rename(out_path)
     finally:
         slide.close()
-        partial.unlink(missing_ok=True)
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
     if truth is not None:  # the attack changes pixels, not the ground truth: it travels with the copy
         import json
 
         truth = {**truth, "slide": out_path.name, "attacked_from": Path(plan.path).name, "attacked_tiles": len(boxes)}
         truth_paths(out_path)[0].write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
-    return {"path": str(out_path), "levels": [list(d) for d in dims], "tile_px": tile, "compression": "zlib",
+    return {"path": str(out_path), "format": "tiff" if dicom is None else "dicom", "levels": [list(d) for d in dims], "tile_px": tile,
+            "compression": "zlib" if dicom is None else {"jpeg2000": "jpeg2000-lossless", "none": "uncompressed"}[dicom],
             "level0_exact": bool(level == 0 and plan.grid.tile0 == side)}

@@ -3,8 +3,10 @@ tiles as a pyramidal TIFF), ``predict`` (tiles through the campaign core, slide-
 (a tile attack on chosen tiles, the calls before and after, the flip search, the attacked slide written back),
 ``train-mil`` (the attention head, deterministic) and ``demo`` (the recorded run behind the site's page).
 
-A refused slide, layout or option is one line, exit 2: a corrupt or truncated slide, an unsupported format, no
-tissue, a region outside the slide, a missing mpp.
+A slide is any file OpenSlide reads or a DICOM WSI (its folder of .dcm files, or one of them); ``attack`` writes the
+attacked slide as a pyramidal TIFF and/or a DICOM WSI (``--write-format``). A refused slide, layout or option is one
+line, exit 2: a corrupt or truncated slide, an unsupported format, a folder that is no DICOM WSI, no tissue, a region
+outside the slide, a missing mpp, a tissue mask over ``--pixel-budget`` or a grid over ``--max-tiles``.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, float], A
         overrides[name.strip()] = value
     roi = _roi(args.roi) if args.roi else None
     plan = plan_slide(slide_path(args.slide), target_mpp=target_mpp, side=side, overlap=args.overlap, min_tissue=args.min_tissue,
-                      mpp=args.mpp, roi=roi, method=args.tissue)
+                      mpp=args.mpp, roi=roi, method=args.tissue, pixel_budget=args.pixel_budget, max_tiles=args.max_tiles)
     return target, head, plan, thresholds_for(target, head, overrides), why
 
 
@@ -216,6 +218,10 @@ def run_attack_command(args: argparse.Namespace) -> int:
         raise UsageError("give --tiles K or --fraction F (or --search to try every eligible tile)")
     params = parse_sets(SPECS[args.attack], args.set)
     out = Path(args.out)
+    folder = out / f"{Path(slide_path(args.slide)).stem}-attacked-dicom"
+    if not args.no_write and args.write_format != "tiff" and folder.exists():
+        raise UsageError(f"{folder}: already exists; a DICOM WSI is written into a new folder "
+                         "(remove it, give another --out or --no-write)")
     target, head, plan, thresholds, pred, store, truth, doc = _predict(args, out)
     primary = "attention" if "attention" in pred.calls else "max"
     goal = args.goal if args.goal != "auto" else ("miss" if pred.calls[primary]["call"] else "overcall")
@@ -229,7 +235,13 @@ def run_attack_command(args: argparse.Namespace) -> int:
     after[a.order] = a.p_tumour
     before_after_figure(plan, pred.p_tumour, after, a.order, out / "before-after.png", calls_before=pred.calls, calls_after=a.after,
                         title=f"{args.attack} on {len(a.order)} tiles ({goal})" + ("; a mosaic of real tiles" if truth else ""))
-    written = None if args.no_write else write_attacked(plan, a, store, out / f"{Path(plan.path).stem}-attacked.tif")
+    stem = Path(plan.path).stem
+    written = dicom = None
+    if not args.no_write and args.write_format in ("tiff", "both"):
+        written = write_attacked(plan, a, store, out / f"{stem}-attacked.tif")
+    if not args.no_write and args.write_format in ("dicom", "both"):
+        dicom = write_attacked(plan, a, store, folder, dicom=args.dicom_compression)
+    names = [Path(w["path"]).name + ("/" if w is dicom else "") for w in (written, dicom) if w]
     doc.update({"kind": "medfool-slide-attack", "catalog": _catalog_links(args.attack),
                 "attack": {"name": args.attack, "params": params, "goal": goal, "view": a.view,
                            "target_class": _goal_name(a, target), "select": args.select, "candidates": args.candidates,
@@ -238,7 +250,7 @@ def run_attack_command(args: argparse.Namespace) -> int:
                            if len(a.order) else None, "tiles": [plan.items[i].id for i in a.order.tolist()]},
                 "before": pred.calls, "after": a.after, "needs": needs(pred, a, thresholds, args.top_k),
                 "search": {n: {k: v for k, v in s.items() if k != "curve" or args.search} for n, s in a.scan.items()} if args.search else None,
-                "written": written, "files": doc["files"] + ["before-after.png"] + ([Path(written["path"]).name] if written else [])})
+                "written": written, "written_dicom": dicom, "files": doc["files"] + ["before-after.png"] + names})
     (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"{args.attack} on {len(a.order)} tiles: fooled as 8-bit tiles {fmt_ci(doc['attack']['tile_fooled_8bit_ci'])}")
     for name in pred.calls:
@@ -248,7 +260,7 @@ def run_attack_command(args: argparse.Namespace) -> int:
             s = a.scan[name]
             flip = f"; flips with {s['k']} tile(s)" if s["k"] is not None else f"; not flipped with {s['of']}"
         print(f"  {name:>9}: {b['score']:.3f} ({'T' if b['call'] else 'N'}) -> {c['score']:.3f} ({'T' if c['call'] else 'N'}){flip}")
-    print(f"wrote {out}/report.json, before-after.png" + (f", {Path(written['path']).name}" if written else ""))
+    print(f"wrote {out}/report.json, before-after.png" + "".join(f", {n}" for n in names))
     return 0
 
 
@@ -355,8 +367,21 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (1073741824 or 1e9)."""
+    value = finite(text)
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(value)
+
+
+SLIDE_HELP = "a slide file OpenSlide reads, a DICOM WSI (its folder of .dcm files, or one of them), or sample:cmu-1"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("slide", help="a slide file OpenSlide reads (or sample:cmu-1, the shipped CMU-1 small region)")
+    from ..inputs.slides import MAX_TILES, PIXEL_BUDGET
+
+    p.add_argument("slide", help=SLIDE_HELP + " (the shipped CMU-1 small region)")
     p.add_argument("--out", required=True, help="output folder (results.sqlite, predictions.csv, figures, report.json)")
     p.add_argument("--model", default="reference", help="'reference' (default) or path/to/file.py:factory")
     p.add_argument("--weights", help=".safetensors, or a state dict torch reads with weights_only=True")
@@ -372,6 +397,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", action="append", metavar="AGG=VALUE", help="override an aggregator's threshold")
     p.add_argument("--mil", help="attention head (.safetensors; default the shipped one; 'none' to leave it out)")
     p.add_argument("--resume", action="store_true", help="reuse finished units from the output folder's results store")
+    p.add_argument("--pixel-budget", type=count, default=PIXEL_BUDGET, metavar="PX",
+                   help=f"refuse a slide whose tissue mask would decode more pixels than this (default {PIXEL_BUDGET:,} = 2**30: "
+                        "a slide without a coarse pyramid level must be decoded in full)")
+    p.add_argument("--max-tiles", type=count, default=MAX_TILES, metavar="N",
+                   help=f"refuse a tile grid of more positions than this (default {MAX_TILES:,} = 2**20)")
     add_engine_options(p)
 
 
@@ -382,7 +412,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p = sub.add_parser("slide", help="whole-slide images: info, labelled mosaics, slide-level predictions and attacks")
     ssub = p.add_subparsers(dest="slide_command", required=True, metavar="ACTION")
     i = ssub.add_parser("info", help="dimensions, levels, microns per pixel, objective power and vendor of a slide")
-    i.add_argument("slide", help="a slide file (or sample:cmu-1)")
+    i.add_argument("slide", help=SLIDE_HELP)
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=_guard(run_info))
     m = ssub.add_parser("mosaic", help="compose shipped labelled tiles into a pyramidal TIFF with its ground truth",
@@ -415,6 +445,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     a.add_argument("--search", action="store_true", help="the smallest number of attacked tiles that flips each call")
     a.add_argument("--seed", type=int, default=0, help="seed of --select random")
     a.add_argument("--no-write", action="store_true", help="do not write the attacked slide")
+    a.add_argument("--write-format", default="tiff", choices=["tiff", "dicom", "both"],
+                   help="the attacked slide as a pyramidal TIFF (default), a DICOM WSI (a folder of .dcm files, wsidicom), or both")
+    a.add_argument("--dicom-compression", default="jpeg2000", choices=["jpeg2000", "none"],
+                   help="DICOM tiles: JPEG 2000 lossless (default) or uncompressed; level 0 reads back exactly either way")
     a.set_defaults(func=_guard(run_attack_command))
     t = ssub.add_parser("train-mil", help="train the attention-MIL head on mosaic bags (deterministic) and write it with its card")
     t.add_argument("--out", default=str(MODEL_DIR), help=f"output folder (default {MODEL_DIR})")

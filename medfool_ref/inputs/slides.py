@@ -4,7 +4,9 @@ level, tissue detection, the tile grid at the model's resolution, and pyramidal 
 Formats are OpenSlide's (Aperio SVS, generic tiled TIFF, Hamamatsu, Leica, MIRAX, Philips, Sakura, Trestle,
 Ventana, Zeiss, DICOM). Tissue is found with Otsu's threshold (Otsu 1979) on the HSV saturation (or the
 optical density) of a low-resolution read. Memory stays flat in the slide's size: every read is at most
-``CHUNK`` pixels a side at the level read, the tissue map at most ``MASK_SIDE``, and TIFFs are streamed.
+``CHUNK`` pixels a side at the level read, the tissue map at most ``MASK_SIDE``, and TIFFs are streamed. A slide whose
+tissue map would decode more than ``PIXEL_BUDGET`` pixels (no coarse pyramid level) or whose grid would exceed
+``MAX_TILES`` is refused before any read. A DICOM WSI is opened as its folder (or any one of its .dcm files).
 Depends on numpy, Pillow, torch, openslide-python (+ openslide-bin) and tifffile.
 """
 
@@ -27,16 +29,48 @@ from .items import Item
 
 CHUNK = 2048  # the largest read, in pixels a side at the level read
 MASK_SIDE = 2048  # the tissue map's largest side
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm"}
-FORMATS = "Aperio SVS, generic tiled TIFF, Hamamatsu, Leica SCN, MIRAX, Philips TIFF, Sakura, Trestle, Ventana, Zeiss CZI, DICOM"
+FORMATS = ("Aperio SVS, generic tiled TIFF, Hamamatsu, Leica SCN, MIRAX, Philips TIFF, Sakura, Trestle, Ventana, Zeiss CZI, "
+           "DICOM WSI (a folder of .dcm files, or one of them)")
 CLAMP = {"saturation": (0.04, 0.10), "od": (0.03, 0.10)}  # Otsu kept in this band: tissue saturation is broad
 READERS = min(8, os.cpu_count() or 2)
 CACHE_BYTES = 16 << 20  # decoded slide tiles kept for neighbouring reads, shared by all handles
+PIXEL_BUDGET = 2**30  # level pixels the tissue mask may decode (a 32,768 px square); more is refused before any read
+MAX_TILES = 2**20  # positions the tile grid may hold (1,048,576: a 229,000 px square at 224 px, 0.5 um/px, no overlap)
 
 
 class SlideError(ValueError):
     """A slide (or a region of one) that cannot be used: the message says why, in one line."""
+
+
+def dicom_member(folder: Path) -> Path:
+    """The file OpenSlide opens for a DICOM WSI given as its folder: the first .dcm file (in name order) it recognises as
+    DICOM; OpenSlide then finds the other levels of the same series in the folder."""
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() == ".dcm")
+    if not files:
+        raise SlideError(f"{folder}: is a folder without .dcm files; give a slide file, or a DICOM WSI as the folder of its .dcm files")
+    osl = _openslide()
+    for f in files:
+        if osl.OpenSlide.detect_format(str(f)) == "dicom":
+            return f
+    raise SlideError(f"{folder}: none of its {len(files)} .dcm file(s) is a DICOM whole-slide image OpenSlide reads "
+                     f"(VL Whole Slide Microscopy Image Storage, SOP class {WSI_SOP_CLASS})")
+
+
+def slide_sha256(path: str | Path) -> str:
+    """The slide's sha256: the file's; for a DICOM WSI (its folder, or one of its files: OpenSlide reads the other levels
+    from the files beside it) the hash of the folder's .dcm files' names and hashes."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".dcm":
+        path = path.parent
+    if not path.is_dir():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() == ".dcm"):
+        h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
 
 
 def _openslide() -> Any:
@@ -69,16 +103,18 @@ class Slide:
     def __init__(self, path: str | Path) -> None:
         osl = _openslide()
         self.path = Path(path)
-        if self.path.is_dir():
-            raise SlideError(f"{path}: is a directory, not a slide file")
-        if not self.path.is_file():
+        self.file = dicom_member(self.path) if self.path.is_dir() else self.path  # the file OpenSlide opens
+        if not self.file.is_file():
             raise SlideError(f"{path}: no such file")
-        with self.path.open("rb") as fh:
-            head = fh.read(4)
+        with self.file.open("rb") as fh:
+            head = fh.read(132)
         try:
-            self.osr = osl.OpenSlide(str(self.path))
+            self.osr = osl.OpenSlide(str(self.file))
         except osl.OpenSlideUnsupportedFormatError:
-            if head in TIFF_MAGIC:
+            if head[128:132] == b"DICM":
+                raise SlideError(f"{self.file}: a DICOM file, but not a whole-slide image OpenSlide reads (it reads VL Whole Slide "
+                                 f"Microscopy Image Storage, SOP class {WSI_SOP_CLASS}, tiled, uncompressed, JPEG or JPEG 2000)") from None
+            if head[:4] in TIFF_MAGIC:
                 raise SlideError(f"{path}: corrupt or truncated slide: it starts as a TIFF, but OpenSlide cannot read its directories") from None
             if self.path.suffix.lower() in SLIDE_SUFFIXES:
                 raise SlideError(f"{path}: corrupt or truncated slide: named {self.path.suffix}, but OpenSlide cannot read it") from None
@@ -247,8 +283,9 @@ class Grid:
 
 
 def tile_grid(slide: Slide, *, mpp0: float, target_mpp: float, side: int, overlap: int = 0,
-              roi: tuple[int, int, int, int] | None = None) -> Grid:
-    """The grid of model tiles over ``roi`` (default: the whole slide); tiles not wholly inside are left out."""
+              roi: tuple[int, int, int, int] | None = None, max_tiles: int = MAX_TILES) -> Grid:
+    """The grid of model tiles over ``roi`` (default: the whole slide); tiles not wholly inside are left out. A grid of
+    more than ``max_tiles`` positions is refused before it is laid (its arrays would grow with it)."""
     if side < 8:
         raise SlideError(f"tile side {side}: must be >= 8 pixels")
     if not 0 <= overlap < side:
@@ -266,6 +303,10 @@ def tile_grid(slide: Slide, *, mpp0: float, target_mpp: float, side: int, overla
     if not cols or not rows:
         raise SlideError(f"{slide.path}: the region ({w} x {h} px) is smaller than one tile ({tile0} px at level 0 "
                          f"= {side} px at {target_mpp:g} um/px)")
+    if cols * rows > max_tiles:
+        raise SlideError(f"{slide.path}: the tile grid would hold {cols * rows:,} tiles ({cols:,} x {rows:,} tiles of {tile0} px at "
+                         f"level 0, {stride0} px apart, over {w:,} x {h:,} px), more than the budget of {max_tiles:,} (--max-tiles); "
+                         "give a --roi, less --overlap, or raise --max-tiles")
     return Grid(mpp0, target_mpp, side, tile0, stride0, overlap, slide.best_level(scale), (x, y, w, h), cols, rows)
 
 
@@ -331,11 +372,34 @@ def tissue_score(rgb: np.ndarray, method: str) -> np.ndarray:
     raise SlideError(f"--tissue {method!r}: expected saturation or od")
 
 
-def detect_tissue(slide: Slide, *, scale: float, method: str = "saturation") -> Tissue:
+def mask_read(slide: Slide, scale: float) -> tuple[int, int, int, int]:
+    """(level, its width, its height, mask side) of the tissue mask's read at ``scale`` level-0 pixels per mask pixel."""
+    W, H = slide.dimensions
+    scale = max(scale, max(W, H) / MASK_SIDE, 1.0)
+    mw, mh = max(1, round(W / scale)), max(1, round(H / scale))
+    level = slide.best_level(W / mw)  # as read_box picks it
+    LW, LH = slide.level_dimensions[level]
+    return level, LW, LH, max(mw, mh)
+
+
+def check_budget(slide: Slide, scale: float, budget: int = PIXEL_BUDGET) -> None:
+    """Refuse, before any pixel is read, a tissue mask that would decode more than ``budget`` pixels: without a coarse
+    enough pyramid level OpenSlide must decode every pixel of a fine level to give a downsampled read."""
+    level, LW, LH, side = mask_read(slide, scale)
+    if LW * LH > budget:
+        ds = slide.level_downsamples
+        raise SlideError(f"{slide.path}: the tissue mask ({side} px a side) would decode {LW * LH:,} px (all of level {level}, "
+                         f"{LW:,} x {LH:,} px: the slide has {len(ds)} level(s), the coarsest {max(ds):g}x down), more than the "
+                         f"pixel budget of {budget:,} (--pixel-budget); give a pyramidal copy of the slide (e.g. "
+                         "vips tiffsave --tile --pyramid) or raise --pixel-budget")
+
+
+def detect_tissue(slide: Slide, *, scale: float, method: str = "saturation", pixel_budget: int = PIXEL_BUDGET) -> Tissue:
     """Tissue on a read of the whole slide at ``scale`` level-0 pixels per pixel (at most MASK_SIDE a side, read at the
     best level in bounded chunks): the score above Otsu's threshold, the threshold kept within ``CLAMP`` (tissue's
     saturation is broad, so on a slide of mostly tissue Otsu alone would split pale tissue off; on one of glass only,
-    it would split the glass)."""
+    it would split the glass). A read that would decode more than ``pixel_budget`` pixels is refused (:func:`check_budget`)."""
+    check_budget(slide, scale, pixel_budget)
     W, H = slide.dimensions
     scale = max(scale, max(W, H) / MASK_SIDE, 1.0)
     mw, mh = max(1, round(W / scale)), max(1, round(H / scale))
