@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet '$(TORCH)'
-	$(PY) -m pip install --quiet -e '.[dev,bench,ray,dicom]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,ray,dicom,serve]'
 	# torchattacks is a peer for the oracle tests and benchmarks; it pins requests~=2.25 (which
 	# mkdocs-material cannot use) and pulls torchvision (a second torch build) but imports neither
 	$(PY) -m pip install --quiet --no-deps $(TORCHATTACKS)

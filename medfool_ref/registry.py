@@ -219,6 +219,15 @@ SPECS: dict[str, AttackSpec] = {s.name: s for s in (
     AttackSpec("mil-slide-perturbation", "campaign.slide", "attack_slide", "mil-slide-perturbation", "slide", "never", "white-box",
                "a registered tile attack on the few tiles that carry a slide's call, re-aggregated (medfool slide attack)"),
     # --- end natural ---
+    # --- blackbox ---
+    AttackSpec("square", "square", "square", "square-attack", "tiles", "optional", "black-box",
+               "score-based random search with square updates (query-only), at most 1,000 queries a tile",
+               budget=Budget("eps", 4 / 255, LINF_SWEEP, "/255"),
+               showcase=Showcase(runs=(_p(max_queries=200),), limit=4, groups="first")),
+    AttackSpec("hop-skip-jump", "hopskipjump", "hop_skip_jump", "hop-skip-jump", "tiles", "optional", "black-box",
+               "label-only boundary walk: the smallest L2 (or L-inf) reached within the query budget", minimal_norm="l2",
+               showcase=Showcase(runs=(_p(max_queries=200),), limit=4, groups="first")),
+    # --- end blackbox ---
 )}
 
 # name -> (module under medfool_ref.attacks, or a dotted name under medfool_ref, function name); what the catalog may name

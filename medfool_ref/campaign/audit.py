@@ -80,7 +80,19 @@ BATTERY: tuple[Probe, ...] = (
     Probe("three-pixel", "one-pixel", "three-pixel differential evolution, same query budget", {"pixels": 3, "population": 100,
           "generations": 10}, budget=None, worst_case=False, limit=16),
 )
-PROBES = {p.id: p for p in BATTERY}
+# --- blackbox ---
+# the query-only section: what an auditor who can only send images to a served model runs (medfool audit --endpoint)
+QUERY_BATTERY: tuple[Probe, ...] = (
+    Probe("square", "square", "Square Attack (scores only), L-inf, at most 1,000 queries a tile", {"max_queries": 1000},
+          worst_case=False, limit=16),
+    Probe("square-l2", "square", "Square Attack (scores only), L2, at most 1,000 queries a tile",
+          {"max_queries": 1000, "norm": "l2"}, norm="l2", worst_case=False, limit=16),
+    Probe("hop-skip-jump", "hop-skip-jump", "HopSkipJump (top-1 label only), L2, at most 1,000 queries a tile",
+          {"max_queries": 1000}, budget=None, worst_case=False, limit=16),
+)
+LABEL_ONLY = ("hop-skip-jump",)  # what a label-only endpoint can be audited with
+# --- end blackbox ---
+PROBES = {p.id: p for p in BATTERY + QUERY_BATTERY}
 
 
 @dataclass

@@ -123,6 +123,20 @@ def _target(args: argparse.Namespace) -> Any:
         raise UsageError(str(exc)) from None
 
 
+def _endpoint_target(args: argparse.Namespace) -> Any:
+    from ..targets.config import REFERENCE_CONFIG, ConfigError, load_config
+    from ..targets.endpoint import ClientOptions, EndpointError, endpoint_target
+
+    try:
+        config = load_config(args.config or REFERENCE_CONFIG)
+        opts = ClientOptions(token_env=args.token_env, rate_limit=args.rate_limit, concurrency=args.concurrency,
+                             timeout=args.timeout, total_queries=args.total_queries, verify=not args.insecure)
+        return endpoint_target(args.endpoint, list(config.classes), output=args.output, options=opts,
+                               positive=tuple(config.positive) if hasattr(config, "positive") else ("TUM",))
+    except (ConfigError, EndpointError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _model_target(args: argparse.Namespace) -> Any:
     from ..targets.config import REFERENCE_CONFIG, ConfigError, load_config
     from ..targets.integrity import IntegrityError, verify_pins
@@ -201,8 +215,23 @@ def run_audit_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--eot-draws {args.eot_draws}: must be between 1 and 64")
     if not 1 <= args.validity_tiles <= 1000:
         raise UsageError(f"--validity-tiles {args.validity_tiles}: must be between 1 and 1000")
+    if args.endpoint:  # --- blackbox: a served model, the query-only battery ---
+        from ..campaign.audit import LABEL_ONLY, QUERY_BATTERY
+
+        if not args.attacks:
+            probes = [p.id for p in QUERY_BATTERY if args.output == "scores" or p.id in LABEL_ONLY]
+        if args.dry_run:
+            from ..targets.endpoint import dry_run_estimate
+
+            per_tile = sum(PROBES[p].params.get("max_queries", 1000) * (1 if PROBES[p].budget is None else
+                           len(linf if PROBES[p].norm == "linf" else l2)) for p in probes)
+            tiles = min(args.max_tiles or 16, 16)
+            est = dry_run_estimate(per_tile * tiles + 8 * tiles, 16, args.rate_limit, args.concurrency)
+            print(f"dry run: at most {est['queries']} queries in {est['requests']} requests to {args.endpoint}; "
+                  f"{est['seconds']:.0f} s at {args.rate_limit:g} requests/s; nothing sent")
+            return 0
     engine = engine_from(args)
-    target = _target(args)
+    target = _endpoint_target(args) if args.endpoint else _target(args)
     try:
         data = load_dataset(args.data, target.classes, max_tiles=args.max_tiles)
     except DataError as exc:
@@ -326,5 +355,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="tiles the evaluation-validity checks run on (default 16: the first correctly classified ones)")
     p.add_argument("--resume", action="store_true", help="continue from the output folder's results store")
     add_engine_options(p)
+    p.add_argument("--endpoint", help="audit a served model instead: http(s)://HOST:PORT/v2/models/NAME (Open Inference Protocol)")
+    p.add_argument("--output", choices=("scores", "label"), default="scores", help="with --endpoint: use scores, or the label only")
+    p.add_argument("--token-env", help="with --endpoint: the environment variable holding a bearer token (never written)")
+    p.add_argument("--rate-limit", type=float, default=20.0, help="with --endpoint: requests per second (default 20)")
+    p.add_argument("--concurrency", type=int, default=2, help="with --endpoint: requests in flight (default 2)")
+    p.add_argument("--timeout", type=float, default=30.0, help="with --endpoint: seconds per request (default 30)")
+    p.add_argument("--total-queries", type=int, help="with --endpoint: stop before sending more images than this")
+    p.add_argument("--insecure", action="store_true", help="with --endpoint: do not verify TLS certificates")
+    p.add_argument("--dry-run", action="store_true", help="with --endpoint: print the planned queries and time, send nothing")
     p.add_argument("--schema", action="store_true", help="print the report's JSON Schema and exit")
     p.set_defaults(func=run_audit_command)
