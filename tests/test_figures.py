@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 from scipy.stats import binomtest
 
-from medfool_ref.campaign.intervals import FEW, fmt, interval, wilson
+from medfool_ref.reports.intervals import FEW, fmt, interval, wilson
 from medfool_ref.cli import main
 from medfool_ref.inputs.samples import sample_tiles
 from medfool_ref.reports.audit_schema import schema

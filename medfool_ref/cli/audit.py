@@ -302,7 +302,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
 
 def print_headline(doc: dict[str, Any]) -> None:
     """Clean accuracy and the worst case, each with n and its 95% interval: held-out tiles first where there is a split."""
-    from ..campaign.intervals import fmt_ci
+    from ..reports.intervals import fmt_ci
 
     parts = [(f"{s['name']} tiles", s["ci"].get("clean_accuracy"), s["worst_case"]) for s in doc.get("splits", [])]
     parts.append(("all tiles", doc["data"].get("clean_accuracy_ci"), doc["worst_case"]))

@@ -10,7 +10,7 @@ from .params import UsageError
 
 
 def run_results(args: argparse.Namespace) -> int:
-    from ..campaign.intervals import fmt_ci
+    from ..reports.intervals import fmt_ci
     from ..campaign.showcase import run_showcase
     from ..campaign.store import ResultsStore
     from ..reports.results import write_reports

@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..campaign.intervals import fmt_ci, interval
+from ..reports.intervals import fmt_ci, interval
 from .audit import add_engine_options, engine_from
 from .params import UsageError, coerce, finite, parse_sets, progress_bar
 

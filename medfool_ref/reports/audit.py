@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import __version__
 from ..campaign.audit import AuditEntry, AuditPlan, clean_error, fooled_by_tile, model_error
-from ..campaign.intervals import from_rate, interval
+from .intervals import from_rate, interval
 from ..campaign.store import ResultsStore
 from ..inputs.datasets import Dataset
 from ..registry import SPECS

@@ -10,7 +10,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from ..campaign.audit import AuditPlan
-from ..campaign.intervals import FEW
+from .intervals import FEW
 from ..campaign.plan import tile_units
 from ..campaign.run import run_campaign
 from ..campaign.store import ResultsStore

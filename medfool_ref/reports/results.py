@@ -12,7 +12,7 @@ import platform
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..campaign.intervals import from_rate, interval
+from .intervals import from_rate, interval
 from ..campaign.metrics import tile_metrics
 from ..campaign.showcase import Entry
 from ..campaign.store import ResultsStore

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from ..campaign.intervals import interval  # noqa: E402
+from .intervals import interval  # noqa: E402
 from .figures import FONT, _save  # noqa: E402
 
 AGG_NAMES = {"max": "max", "mean": "mean", "topk": "top-k mean", "attention": "attention MIL"}

@@ -47,14 +47,14 @@ def _num(v: Any) -> str:
 
 def _rate(v: Any, ci: Any) -> str:
     """A rate with its n and 95% Wilson interval when the report holds one (older reports: the rate alone)."""
-    from ..campaign.intervals import fmt_ci
+    from ..reports.intervals import fmt_ci
 
     return fmt_ci(ci) if isinstance(ci, dict) and ci.get("n") else _pct(v)
 
 
 def _rate_n(v: Any, ci: Any, n: Any) -> str:
     """``_rate``, or for an older report without intervals, the interval of ``v`` over ``n`` tiles."""
-    from ..campaign.intervals import from_rate
+    from ..reports.intervals import from_rate
 
     if not (isinstance(ci, dict) and ci.get("n")) and isinstance(n, int) and isinstance(v, (int, float)):
         ci = from_rate(float(v), n)
@@ -70,7 +70,7 @@ def _part(name: str, label: str, clean: Any, clean_ci: Any, worst: list[dict[str
 
 def headline(r: dict[str, Any]) -> list[dict[str, Any]]:
     """The headline's parts: the held-out tiles first (the figures to quote), then the training tiles, then all tiles."""
-    from ..campaign.intervals import from_rate
+    from ..reports.intervals import from_rate
 
     data = r.get("data") or {}
     n = data.get("tiles") if isinstance(data.get("tiles"), int) else 0

@@ -167,7 +167,7 @@ RATES = {"success_rate": "successes", "success_rate_8bit": "success_after_8bit_q
 def _with_ci(key: str, value: object, summary: dict) -> str:
     """A tile rate with its count, n and 95% Wilson interval (from the report's ``ci``, or its ``images`` for older
     reports), marked when it rests on fewer than 20 tiles; anything else as ``_fmt`` writes it."""
-    from ..campaign.intervals import fmt_ci, from_rate, interval
+    from ..reports.intervals import fmt_ci, from_rate, interval
 
     if key not in RATES or not isinstance(value, (int, float)) or isinstance(value, bool):
         return _fmt(key, value)

@@ -71,7 +71,7 @@ def _flip(s: Any) -> str:
 
 def _fooled_ci(m: dict[str, Any]) -> str:
     """The tiles fooled of those attacked, with n and the 95% Wilson interval (marked under 20 tiles)."""
-    from ..campaign.intervals import fmt
+    from ..reports.intervals import fmt
 
     k, n = m.get("tile_fooled"), m.get("attacked")
     ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (k, n))
