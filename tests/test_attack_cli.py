@@ -113,7 +113,7 @@ def test_bad_tiles_get_clear_errors(tmp_path: Path, capsys, kind: str, message: 
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["attack", "cw", "--tile", str(TUMOUR_TILE)], "unknown attack 'cw'; known: adversarial-stain-perturbation, apgd, badnets, deepfool, direct-gradient-poisoning, eot, fgsm"),
+    (["attack", "cw", "--tile", str(TUMOUR_TILE)], "unknown attack 'cw'; known: adversarial-stain-perturbation, apgd, badnets, common-noise, deepfool, direct-gradient-poisoning, eot, fgsm"),
     (["attack", "pgd", "--tile", str(TUMOUR_TILE), "--set", "epsilon=0.1"], "--set epsilon: unknown parameter; this attack takes"),
     (["attack", "pgd", "--tile", str(TUMOUR_TILE), "--set", "steps=many"], "--set steps=many: expected int"),
     (["attack", "pgd", "--tile", str(TUMOUR_TILE), "--set", "eps"], "--set 'eps': expected key=value"),

@@ -306,7 +306,7 @@ class Defence(Strict):
     papers: list[Slug | BibKey] = []
     summary: Prose
     limitations: Text
-    implementation: Slug | None = None  # a name in the defences registry (loader-checked); null: say why in notes
+    implementation: str | None = None  # a name in the defences registry (loader-checked); null: say why in notes
     notes: Text | None = None
 
 
