@@ -99,3 +99,26 @@ def test_a_bad_url_or_unset_token_is_a_clear_error(server) -> None:
         EndpointClient(server, ClientOptions(token_env="NO_SUCH_TOKEN_VAR"))
     with pytest.raises(EndpointError, match="127.0.0.1.*(404|HTTP)"):
         endpoint_target(server.replace("tilenet", "nosuchmodel"), ("a", "b"), options=ClientOptions(retries=0))
+
+
+def test_audit_of_a_served_model_runs_the_query_only_battery(server, tmp_path, capsys) -> None:
+    """`medfool audit --endpoint`: the query-only battery through the server, a report written, the white-box
+    validity checks stated as not run (no gradients), and a --defence beside --endpoint refused before any query."""
+    import json
+
+    from medfool_ref.cli import main
+
+    out = tmp_path / "audit"
+    argv = ["audit", "--endpoint", server, "--data", "sample", "--max-tiles", "3", "--out", str(out), "--rate-limit", "0",
+            "--attacks", "square,hop-skip-jump", "--set", "square.max_queries=40", "--set", "hop-skip-jump.max_queries=40"]
+    assert main(argv) == 0, capsys.readouterr().err
+    doc = json.loads((out / "report.json").read_text())
+    ran = {a["id"] for a in doc["attacks"]}
+    assert {"square", "hop-skip-jump"} <= ran, ran
+    assert [c["id"] for c in doc["validity"]] == ["query-only"] and doc["validity"][0]["passed"] is None
+    assert doc["unreliable"] is False
+    assert main(["audit", "--endpoint", server, "--data", "sample", "--out", str(tmp_path / "x"), "--defence", "jpeg"]) == 2
+    assert "--defence cannot be combined with --endpoint" in capsys.readouterr().err
+    assert main(["audit", "--endpoint", server, "--data", "sample", "--out", str(tmp_path / "y"), "--dry-run",
+                 "--max-tiles", "2"]) == 0
+    assert "nothing sent" in capsys.readouterr().out

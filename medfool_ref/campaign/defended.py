@@ -37,6 +37,10 @@ def audit_with_validity(items: list[Item], base: Target, store: ResultsStore, *,
     common = {k: kw[k] for k in ("batch_size", "resume", "progress", "engine") if k in kw}
     if not defences:
         plan = run_audit(items, base, store, **kw)
+        if getattr(base.model, "query_only", False):  # a served model: no gradients for the white-box checks
+            return DefendedAudit((base, plan), None, None, [Check(
+                "query-only", "evaluation-validity checks (white-box attacks at a large budget, more steps, gradient-free control)",
+                None, "not run: a served model answers queries only, and these checks need its gradients", 0)])
         checks = run_validity(items, base, store, plan, tiles=validity_tiles, **common)
         return DefendedAudit((base, plan), None, None, checks)
     adaptive = with_defences(base, defences, adaptive=True, draws=draws)

@@ -215,6 +215,9 @@ def run_audit_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--eot-draws {args.eot_draws}: must be between 1 and 64")
     if not 1 <= args.validity_tiles <= 1000:
         raise UsageError(f"--validity-tiles {args.validity_tiles}: must be between 1 and 1000")
+    if args.endpoint and args.defence:
+        raise UsageError("--defence cannot be combined with --endpoint: a served model is audited as it is served "
+                         "(put the defence in front of the model on the server, e.g. medfool serve)")
     if args.endpoint:  # --- blackbox: a served model, the query-only battery ---
         from ..campaign.audit import LABEL_ONLY, QUERY_BATTERY
 

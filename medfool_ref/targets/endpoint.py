@@ -188,6 +188,8 @@ class EndpointModel(nn.Module):
     """A served model as a query function: log-scores per class (``output="scores"``) or a one-hot row of the
     answered label (``output="label"``: a label-only server, or scores reduced to their top-1 by choice)."""
 
+    query_only = True  # no gradients: the audit runs its query-only battery and skips the white-box validity checks
+
     def __init__(self, client: EndpointClient, input_name: str, classes: int, output: str = "scores") -> None:
         super().__init__()
         self.client, self.input_name, self.classes, self.output = client, input_name, classes, output
