@@ -40,3 +40,11 @@ HARDENING_DEFENCES = HARDENING_DEFENCES + (
      "citation": "Chen et al., SafeAI@AAAI 2019"},
 )
 NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)
+
+HARDENING_DEFENCES = HARDENING_DEFENCES + (
+    {"name": "stateful-query-detector", "kind": "detection", "catalog": None,
+     "code": "medfool_ref.defences.querydetect:QueryDetector (medfool serve --detector)",
+     "params": {"fpr": 0.05, "k": 5, "size": 16, "levels": 32, "capacity": 1000},
+     "citation": "Chen, Carlini & Wagner, SPAI 2020; Li et al. (Blacklight), USENIX Security 2022"},
+)
+NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)

@@ -36,6 +36,16 @@ class EndpointError(RuntimeError):
     """The endpoint cannot be used or answered wrongly: the message names it and says why."""
 
 
+def _server_message(resp: Any) -> str:
+    """The server's own explanation of a refusal: the ``error`` or ``detail`` field of a JSON body, else the text."""
+    try:
+        doc = resp.json()
+    except ValueError:
+        doc = None
+    text = doc.get("error") or doc.get("detail") if isinstance(doc, dict) else None
+    return str(text if isinstance(text, str) and text else resp.text)[:500]
+
+
 @dataclass
 class ClientOptions:
     token_env: str | None = None
@@ -135,7 +145,8 @@ class EndpointClient:
                     raise EndpointError(f"{url}: the answer is not JSON") from None
             retry = resp is None or resp.status_code in RETRY_STATUS
             if not retry:
-                raise EndpointError(f"{url}: HTTP {resp.status_code}: {resp.text[:200]}")
+                raise EndpointError(f"{url}: HTTP {resp.status_code}{' (refused)' if resp.status_code == 403 else ''}: "
+                                    f"{_server_message(resp)}")
             if attempt >= self.options.retries:
                 raise EndpointError(f"{url}: gave up after {attempt + 1} attempts (last: {status})")
             with self._lock:
