@@ -47,11 +47,12 @@ def _check(*, k: int, size: int, levels: int, capacity: int) -> None:
 
 
 def features(images: torch.Tensor, *, size: int = 16, levels: int = 32) -> torch.Tensor:
-    """(B, C, H, W) in [0, 1] -> (B, C*size*size) uint8: area-downsampled, rounded to ``levels`` levels."""
+    """(B, C, H, W) in [0, 1] -> (B, C*size*size) uint8 on the CPU: area-downsampled, rounded to ``levels`` levels."""
     if images.ndim != 4:
         raise ValueError(f"expected images (B, C, H, W); got shape {list(images.shape)}")
+    _check(k=1, size=size, levels=levels, capacity=2)
     small = F.adaptive_avg_pool2d(images.detach().float().clamp(0, 1), size)
-    return torch.round(small * (levels - 1)).to(torch.uint8).flatten(1)
+    return torch.round(small * (levels - 1)).to(torch.uint8).flatten(1).cpu()  # the state lives on the CPU
 
 
 def _knn_scores(new: torch.Tensor, old: torch.Tensor, k: int, levels: int, capacity: int) -> torch.Tensor:
