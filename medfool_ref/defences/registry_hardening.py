@@ -42,7 +42,7 @@ HARDENING_DEFENCES = HARDENING_DEFENCES + (
 NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)
 
 HARDENING_DEFENCES = HARDENING_DEFENCES + (
-    {"name": "stateful-query-detector", "kind": "detection", "catalog": None,
+    {"name": "stateful-query-detector", "kind": "detection", "catalog": "stateful-query-detection",
      "code": "medfool_ref.defences.querydetect:QueryDetector (medfool serve --detector)",
      "params": {"fpr": 0.05, "k": 5, "size": 16, "levels": 32, "capacity": 1000},
      "citation": "Chen, Carlini & Wagner, SPAI 2020; Li et al. (Blacklight), USENIX Security 2022"},
