@@ -239,6 +239,6 @@ def test_a_catalog_defence_names_only_registered_implementations(tmp_path: Path,
     entry = next((root / "catalog" / "defence").glob("*.yaml"))
     entry.write_text(entry.read_text() + "implementation: os-system\n")
     assert main(["validate", str(root)]) == 1
-    assert "'os-system' is not in the registry of defences" in capsys.readouterr().out
+    assert "'os-system' is not in the defences registry" in capsys.readouterr().out
     entry.write_text(entry.read_text().replace("implementation: os-system", "implementation: jpeg"))
     assert main(["validate", str(root)]) == 0

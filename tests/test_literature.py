@@ -16,6 +16,7 @@ import pytest
 from medfool_ref.catalog import load_catalog
 from medfool_ref.catalog.derive import defences_for, papers_by_relation, table1
 from medfool_ref.catalog.models import Column, Family
+from medfool_ref.registry import IMPLEMENTATIONS, spec
 from sitebuild import read
 
 # the 34 works of shared/reference/literature-2017-2026.md, by BibTeX key
@@ -86,8 +87,9 @@ def test_new_entries_take_the_next_stable_ids(catalog) -> None:
     for aid, sid in NEW_ATTACKS.items():
         attack = catalog.attacks[aid]
         assert attack.stable_id == sid
-        # APGD is implemented (the audit's worst case); the other new entries are catalogued only
-        assert attack.implementation == ("apgd" if aid == "apgd" else None)
+        # an implementation, where an entry has one, is a registered attack (APGD: the audit's worst case;
+        # mil-slide-perturbation: the slide attack); the others are catalogued only
+        assert attack.implementation is None or attack.implementation in IMPLEMENTATIONS, aid
     for did, sid in NEW_DEFENCES.items():
         assert catalog.defences[did].stable_id == sid
     retired = set(catalog.meta.retired_attack_ids) | set(catalog.meta.retired_defence_ids)
@@ -168,7 +170,8 @@ def test_new_attack_pages_show_their_relations(built_site: Path, catalog, aid: s
     text = page.read_text(encoding="utf-8")
     assert NEW_ATTACKS[aid] in text
     if catalog.attacks[aid].implementation:
-        assert "medfool_ref/attacks/" in text and "No reference implementation yet" not in text
+        path = "medfool_ref/" + spec(catalog.attacks[aid].implementation).module_path.split(".", 1)[1].replace(".", "/") + ".py"
+        assert path in text and "No reference implementation yet" not in text
     else:
         assert "No reference implementation yet" in text
     links = _targets(built_site, page)
