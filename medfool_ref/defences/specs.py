@@ -100,7 +100,7 @@ SPECS: dict[str, DefenceSpec] = {s.name: s for s in (
                  Param("fpr", float, 0.05, 0.001, 0.5, help="false-positive rate on clean tiles the threshold is set for")),
                 differentiable=False, citation="Xu, Evans & Qi, NDSS 2018"),
     DefenceSpec("input-quality", "detection", "detection", "quality_features", "input-quality-control",
-                "input-quality / out-of-distribution check: energy score, stain optical density and sharpness, each "
+                "input-quality / out-of-distribution check: energy score, optical density per channel and fine detail (focus), each "
                 "robustly standardised on clean tiles; flags the largest |z| above a threshold set on clean tiles",
                 (Param("fpr", float, 0.05, 0.001, 0.5, help="false-positive rate on clean tiles the threshold is set for"),),
                 citation="Liu et al., NeurIPS 2020 (energy score); Hendrycks & Gimpel, ICLR 2017"),
