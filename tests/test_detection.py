@@ -68,20 +68,21 @@ def test_the_threshold_respects_the_false_positive_rate_on_its_clean_tiles(model
 
 
 def test_feature_squeezing_flags_plain_pgd_adversarials(model, data, squeeze) -> None:
-    """Measured (8/255, 10 steps, 24 tiles): plain PGD fools all 24; the detector flags 14 of them (58%), and 1 of
-    the 24 clean tiles."""
+    """Measured (8/255, 10 steps, 24 tiles): plain PGD fools 22 of 24; the detector flags 15 of those 22 (68%, 95% CI
+    47-84%), and none of the 24 clean tiles."""
     x, y = data["attack"]
     adv = pgd(model, x, y, eps=8 / 255, steps=10).adversarial
     with torch.no_grad():
         fooled = model(adv).argmax(1) != y
     flagged = squeeze.flags(adv)
     assert int(fooled.sum()) >= 20
-    assert int((fooled & flagged).sum()) >= 0.35 * int(fooled.sum())  # measured 58%
+    assert int((fooled & flagged).sum()) >= 0.35 * int(fooled.sum())  # measured 15/22
     assert int(squeeze.flags(x).sum()) <= 3  # far fewer clean tiles flagged than adversarials
 
 
 def test_the_detector_aware_attack_evades_better_than_the_plain_one(model, data, squeeze) -> None:
-    """Fooled and undetected, the figure that counts against the defended system: measured 8/24 plain, 23/24 adaptive."""
+    """Fooled and undetected, the figure that counts against the defended system: measured 7/24 plain (29%, 95% CI
+    15-49%), 22/24 detector-aware (92%, 74-98%)."""
     x, y = data["attack"]
     plain = pgd(model, x, y, eps=8 / 255, steps=10).adversarial
     adaptive = evade(squeeze, x, y, eps=8 / 255, steps=10)
@@ -92,7 +93,7 @@ def test_the_detector_aware_attack_evades_better_than_the_plain_one(model, data,
     n = y.shape[0]
     plain_fu, adaptive_fu = int((fooled & undetected)[:n].sum()), int((fooled & undetected)[n:].sum())
     assert adaptive_fu >= plain_fu, (plain_fu, adaptive_fu)
-    assert adaptive_fu >= 0.75 * n, adaptive_fu  # the detector does not stand: measured 23/24
+    assert adaptive_fu >= 0.75 * n, adaptive_fu  # the detector does not stand: measured 22/24
 
 
 def test_the_input_quality_check_flags_out_of_focus_and_noisy_tiles(model, data) -> None:
