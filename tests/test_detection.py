@@ -46,7 +46,7 @@ def data(model):
 
 @pytest.fixture(scope="module")
 def squeeze(model, data):
-    d = Detector(model, "feature-squeeze", parse("feature-squeeze")[1])
+    d = Detector(model, name="feature-squeeze", params=parse("feature-squeeze")[1])
     d.calibrate([data["cal"]])
     return d
 
@@ -57,7 +57,7 @@ def test_the_threshold_respects_the_false_positive_rate_on_its_clean_tiles(model
     for name in DETECTORS:
         thresholds = []
         for fpr in (0.05, 0.1, 0.2):
-            d = Detector(model, name, {**parse(name)[1], "fpr": fpr})
+            d = Detector(model, name=name, params={**parse(name)[1], "fpr": fpr})
             thresholds.append(d.calibrate([cal[:25], cal[25:]]))  # batches of any split give the same threshold
             flagged = int(d.flags(cal).sum())
             assert flagged <= math.floor(fpr * n), (name, fpr, flagged)
@@ -99,7 +99,7 @@ def test_the_detector_aware_attack_evades_better_than_the_plain_one(model, data,
 def test_the_input_quality_check_flags_out_of_focus_and_noisy_tiles(model, data) -> None:
     """Measured on the 15 held-out tiles: 1 clean tile flagged, 11 after a 5x5 box blur, 5 with Gaussian noise (sd 0.03).
     (A faded or channel-swapped stain is not caught: the tissue classes differ too much in stain for these features.)"""
-    d = Detector(model, "input-quality", parse("input-quality")[1])
+    d = Detector(model, name="input-quality", params=parse("input-quality")[1])
     d.calibrate([data["cal"]])
     ev = data["eval"]
     clean = int(d.flags(ev).sum())
@@ -110,11 +110,11 @@ def test_the_input_quality_check_flags_out_of_focus_and_noisy_tiles(model, data)
 
 
 def test_too_few_clean_tiles_is_a_clear_error(model, data, tmp_path: Path, capsys) -> None:
-    d = Detector(model, "feature-squeeze", parse("feature-squeeze")[1])
+    d = Detector(model, name="feature-squeeze", params=parse("feature-squeeze")[1])
     with pytest.raises(DetectorError, match="needs at least 20 clean tiles to set the threshold; got 19"):
         d.calibrate([data["cal"][:19]])
     with pytest.raises(DetectorError, match="needs at least 10 clean tiles"):
-        Detector(model, "input-quality", {"fpr": 0.1}).calibrate([data["cal"][:9]])
+        Detector(model, name="input-quality", params={"fpr": 0.1}).calibrate([data["cal"][:9]])
     with pytest.raises(DetectorError, match="calibrate on clean tiles first"):
         d.flags(data["cal"][:2])
     train, held = split(sample_tiles())
@@ -142,6 +142,17 @@ def test_bad_detector_parameters_are_one_clear_line(text: str, message: str, tmp
     assert message.split("'")[0] in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
+def test_the_detector_api_checks_its_parameters(model) -> None:
+    for params, message in (({"fpr": float("nan")}, "not a finite number"), ({"fpr": 0.9}, "out of range"),
+                            ({"bitz": 3}, "unknown parameter 'bitz'"), ({"bits": 2.5}, "not an integer"),
+                            ({"size": 1}, "out of range"), ({"fpr": "0.1"}, "not a number")):
+        with pytest.raises(DetectorError, match=message):
+            Detector(model, name="feature-squeeze", params=params)
+    with pytest.raises(DetectorError, match="not a detector"):
+        Detector(model, name="jpeg")
+    assert Detector(model, name="feature-squeeze", params={"fpr": 0.1}).params == {"bits": 5, "size": 2, "fpr": 0.1}
+
+
 def test_detectors_are_refused_where_a_transformation_is_expected(model, squeeze, tmp_path: Path, capsys) -> None:
     assert main(["audit", "--data", "sample", "--out", str(tmp_path / "a"), "--defence", "feature-squeeze"]) == 2
     assert "medfool defend detect" in capsys.readouterr().err
@@ -151,7 +162,7 @@ def test_detectors_are_refused_where_a_transformation_is_expected(model, squeeze
     with pytest.raises(ValueError, match="does not transform"):
         Defended(model, [parse("feature-squeeze")])
     with pytest.raises(DetectorError, match="calibrate on clean tiles first"):
-        evade(Detector(model, "input-quality", {"fpr": 0.05}), torch.zeros(1, 3, 8, 8), torch.zeros(1, dtype=torch.long))
+        evade(Detector(model, name="input-quality", params={"fpr": 0.05}), torch.zeros(1, 3, 8, 8), torch.zeros(1, dtype=torch.long))
     for bad in ({"eps": float("nan")}, {"eps": 2.0}, {"steps": 0}, {"slack": 1.0}):
         with pytest.raises(DetectorError):
             evade(squeeze, torch.zeros(1, 3, 8, 8), torch.zeros(1, dtype=torch.long), **bad)

@@ -78,7 +78,7 @@ def evaluate_detector(model: nn.Module, defence: str, calibration: list[Item], e
     if any(i.label is None for i in evaluation):
         raise ValueError("every evaluation tile needs a label")
     device = torch.device(device)
-    detector = Detector(model, spec.name, params)
+    detector = Detector(model, name=spec.name, params=params)
     cal = [c for x, _ in _groups(calibration, device) for c, _ in _chunks(x, x, batch_size)]
     threshold = detector.calibrate(cal)
     counts = DetectionCounts(defence=f"{spec.name}:" + ",".join(f"{k}={v}" for k, v in sorted(params.items())), name=spec.name,

@@ -88,11 +88,27 @@ def conformal_threshold(scores: torch.Tensor, fpr: float) -> float:
 class Detector:
     """A detector in front of ``model``: :meth:`calibrate` on clean tiles, then :meth:`score` / :meth:`flags`."""
 
-    def __init__(self, model: nn.Module, name: str, params: dict[str, Any]) -> None:
-        if name not in ("feature-squeeze", "input-quality"):
-            raise DetectorError(f"{name!r} is not a detector (feature-squeeze, input-quality)")
-        self.model, self.name, self.params = model, name, dict(params)
-        self.fpr = float(self.params.get("fpr", 0.05))
+    def __init__(self, model: nn.Module, *, name: str, params: dict[str, Any] | None = None) -> None:
+        from .specs import DETECTORS, DefenceError, SPECS
+
+        if name not in DETECTORS:
+            raise DetectorError(f"{name!r} is not a detector ({', '.join(DETECTORS)})")
+        spec = SPECS[name]
+        known = {p.name: p for p in spec.params}
+        full = spec.defaults()
+        for key, value in (params or {}).items():
+            if key not in known:
+                raise DetectorError(f"{name}: unknown parameter {key!r}; it takes {', '.join(sorted(known))}")
+            want = known[key].kind
+            if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+                raise DetectorError(f"{name}: {key}={value!r} is not {'an integer' if want is int else 'a number'}")
+            try:
+                known[key].check(want(value), name)
+            except DefenceError as exc:
+                raise DetectorError(str(exc)) from None
+            full[key] = want(value)
+        self.model, self.name, self.params = model, name, full
+        self.fpr = float(full["fpr"])
         self.threshold: float | None = None
         self.centre: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None
@@ -100,7 +116,7 @@ class Detector:
 
     def _raw(self, x: torch.Tensor, bpda: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self.name == "feature-squeeze":
-            return squeeze_scores(self.model, x, bits=int(self.params.get("bits", 5)), size=int(self.params.get("size", 2)), bpda=bpda)
+            return squeeze_scores(self.model, x, bits=self.params["bits"], size=self.params["size"], bpda=bpda)
         return quality_features(self.model, x)
 
     def score_and_logits(self, x: torch.Tensor, *, bpda: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
