@@ -159,7 +159,7 @@ def test_the_cli_refuses_bad_defences_before_anything_runs(tmp_path: Path, capsy
 
 def test_every_spec_is_complete() -> None:
     for name, s in SPECS.items():
-        assert s.function_object() and s.kind == "input-restoration"
+        assert s.function_object() and s.kind in ("input-restoration", "detection")
         assert s.approximation is None or s.approximation_object()
         parse(name)  # the defaults are valid
 

@@ -13,10 +13,10 @@ from typing import Sequence
 
 from .. import __version__
 from ..catalog import CatalogError, Severity
-from . import attack, audit, catalog, certify, harden, model, poison, results, serve, site, slide, tiles
+from . import attack, audit, catalog, certify, defend, harden, model, poison, results, serve, site, slide, tiles
 from .params import RunFailed, UsageError
 
-GROUPS = (catalog, site, attack, audit, poison, results, tiles, model, slide, certify, harden, serve)
+GROUPS = (catalog, site, attack, audit, poison, results, tiles, model, slide, certify, harden, defend, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -208,9 +208,13 @@ def run_audit_command(args: argparse.Namespace) -> int:
     from ..defences.specs import DefenceError, parse_all
 
     try:
-        parse_all(args.defence)  # every bad --defence at once, before any model is loaded
+        chain = parse_all(args.defence)  # every bad --defence at once, before any model is loaded
     except DefenceError as exc:
         raise UsageError(str(exc)) from None
+    detectors = [s.name for s, _ in chain if s.kind == "detection"]
+    if detectors:
+        raise UsageError(f"--defence {', '.join(detectors)}: a detector flags tiles instead of transforming them; "
+                         f"run it with medfool defend detect --defence {detectors[0]}")
     if not 1 <= args.eot_draws <= 64:
         raise UsageError(f"--eot-draws {args.eot_draws}: must be between 1 and 64")
     if not 1 <= args.validity_tiles <= 1000:
@@ -352,7 +356,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--defence", action="append", metavar="NAME[:KEY=VALUE,...]",
                    help="audit the model behind this defence (repeatable: applied in order), e.g. stain-norm or jpeg:quality=75; "
                         "adaptively (BPDA/EOT), beside the plain evaluation and the model alone. Known: jpeg, bit-depth, median, "
-                        "stain-norm, resize-pad")
+                        "stain-norm, resize-pad (detectors: medfool defend detect)")
     p.add_argument("--eot-draws", type=int, default=8, help="EOT draws per attack step for a randomised defence (default 8)")
     p.add_argument("--validity-tiles", type=int, default=16,
                    help="tiles the evaluation-validity checks run on (default 16: the first correctly classified ones)")

@@ -92,7 +92,21 @@ SPECS: dict[str, DefenceSpec] = {s.name: s for s in (
                 "random resizing (shrink) and random padding back to the tile's size",
                 (Param("min_scale", float, 0.85, 0.5, 1.0, help="smallest scale drawn (uniform in [min_scale, 1])"),),
                 randomised=True, citation="Xie et al., ICLR 2018; broken by Athalye et al., ICML 2018 (EOT)"),
+    DefenceSpec("feature-squeeze", "detection", "detection", "squeeze_scores", "adversarial-example-detection",
+                "feature-squeezing detector: flags a tile whose softmax moves (max L1) under bit-depth reduction or a "
+                "median filter by more than a threshold set on clean tiles",
+                (Param("bits", int, 5, 1, 7, help="bits kept per channel by the bit-depth squeezer"),
+                 Param("size", int, 2, 2, 9, help="median filter window side"),
+                 Param("fpr", float, 0.05, 0.001, 0.5, help="false-positive rate on clean tiles the threshold is set for")),
+                differentiable=False, citation="Xu, Evans & Qi, NDSS 2018"),
+    DefenceSpec("input-quality", "detection", "detection", "quality_features", "input-quality-control",
+                "input-quality / out-of-distribution check: energy score, optical density per channel and fine detail (focus), each "
+                "robustly standardised on clean tiles; flags the largest |z| above a threshold set on clean tiles",
+                (Param("fpr", float, 0.05, 0.001, 0.5, help="false-positive rate on clean tiles the threshold is set for"),),
+                citation="Liu et al., NeurIPS 2020 (energy score); Hendrycks & Gimpel, ICLR 2017"),
 )}
+
+DETECTORS = tuple(name for name, s in SPECS.items() if s.kind == "detection")
 
 
 def spec(name: str) -> DefenceSpec:

@@ -36,6 +36,10 @@ class Defended(nn.Module):
         super().__init__()
         if not isinstance(draws, int) or draws < 1:
             raise ValueError(f"draws must be an integer >= 1; got {draws!r}")
+        detectors = [s.name for s, _ in chain if s.kind == "detection"]
+        if detectors:
+            raise ValueError(f"{', '.join(detectors)}: a detector flags tiles, it does not transform them; "
+                             "run it with medfool defend detect")
         self.model = model
         self.chain = [(s, dict(p)) for s, p in chain]
         self.adaptive = adaptive
