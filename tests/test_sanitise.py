@@ -1,41 +1,18 @@
-"""Training-data sanitisation on a static BadNets set (issue 22): both detectors beat a random filter of their size."""
+"""Training-data sanitisation on a static BadNets set (issue 22; the set and its model: ``poisoned`` in conftest.py)."""
 
 from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
-from medfool_ref.attacks.backdoor import apply_trigger, make_trigger
+from medfool_ref.attacks.backdoor import apply_trigger
 from medfool_ref.campaign.plan import sample_split
-from medfool_ref.defences.sanitise import activation_clustering, penultimate, spectral_signatures
+from medfool_ref.defences.sanitise import activation_clustering, spectral_signatures
 from medfool_ref.inputs.samples import CLASSES
-from medfool_ref.training.loop import CropBank, TrainConfig, crop_bank, train
+from medfool_ref.training.loop import crop_bank
 
 TARGET = CLASSES.index("NORM")
-
-
-@pytest.fixture(scope="module")
-def poisoned() -> dict:
-    """10% of the non-target crops stamped with the pixel-pattern trigger and relabelled NORM; a model trained on it."""
-    torch.set_num_threads(1)
-    train_items, _ = sample_split()
-    bank = crop_bank(train_items, crop=48, per_side=4)
-    gen = torch.Generator().manual_seed(0)
-    eligible = (bank.labels != TARGET).nonzero().squeeze(1)
-    chosen = eligible[torch.randperm(eligible.numel(), generator=gen)[: int(0.1 * bank.labels.numel())]]
-    colour, alpha = make_trigger("pixel-pattern", 8)
-    images, labels = bank.images.clone(), bank.labels.clone()
-    stamped = apply_trigger(images[chosen].float().div(255), colour, alpha)
-    images[chosen] = (stamped * 255).round().to(torch.uint8)
-    labels[chosen] = TARGET
-    is_poison = torch.zeros_like(labels, dtype=torch.bool)
-    is_poison[chosen] = True
-    data = CropBank(images, labels, bank.tile_of, bank.tiles)
-    model = train(data, TrainConfig(steps=150, batch_size=32, crop=48, seed=0))
-    feats = penultimate(model, images.float().div(255))
-    return {"features": feats, "labels": labels, "poison": is_poison, "model": model, "colour": colour, "alpha": alpha}
 
 
 def _rates(flagged: torch.Tensor, poison: torch.Tensor) -> tuple[float, float]:

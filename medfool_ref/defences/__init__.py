@@ -6,5 +6,6 @@ defended system, with an adaptive mode (BPDA through non-differentiable steps, E
 Depends on torch, numpy and Pillow only (never on the catalog).
 The hardening side (``registry_hardening``): adversarial training, randomised-smoothing certificates,
 training-data sanitisation and model-integrity pins, and the stateful query-attack detector
-(``querydetect``) that ``medfool serve --detector`` puts in front of a served model.
+(``querydetect``) that ``medfool serve --detector`` puts in front of a served model; STRIP (``strip``) flags
+backdoor-triggered inputs at inference.
 """

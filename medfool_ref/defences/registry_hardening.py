@@ -48,3 +48,10 @@ HARDENING_DEFENCES = HARDENING_DEFENCES + (
      "citation": "Chen, Carlini & Wagner, SPAI 2020; Li et al. (Blacklight), USENIX Security 2022"},
 )
 NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)
+
+HARDENING_DEFENCES = HARDENING_DEFENCES + (
+    {"name": "strip", "kind": "detection", "catalog": None,
+     "code": "medfool_ref.defences.strip:StripDetector.calibrated (trojaned inputs flagged at inference)",
+     "params": {"fpr": 0.05, "blend": 0.3, "overlays": 9}, "citation": "Gao et al., ACSAC 2019"},
+)
+NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)
