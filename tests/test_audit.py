@@ -153,7 +153,9 @@ def test_the_report_is_rendered_with_every_value_escaped(tmp_path: Path) -> None
                               "missed_tumour_rate": None, "overcall_rate": None, "attacks": [hostile]}],
               "threat_model": [{"scenario": hostile, "attack": hostile, "severity": 1, "likelihood_catalog": 1, "likelihood_measured": 1,
                                 "risk_catalog": 1, "risk_measured": 1, "band_catalog": hostile, "band_measured": hostile,
-                                "evidence": "javascript:alert(1)"}], "rule": [hostile]}
+                                "evidence": "javascript:alert(1)"}], "rule": [hostile],
+              "validity": [{"id": hostile, "title": hostile, "passed": False, "measured": hostile, "tiles": 1, "detail": {}}],
+              "unreliable": True}
     html = render_html(report, {"robustness": "data:image/png;base64,AAAA"}, [{"gate": hostile, "measured": 0.5, "required": 0.6,
                                                                                 "passed": False}])
     assert "<script>alert" not in html and '" onerror="' not in html and "&lt;script&gt;" in html
