@@ -48,7 +48,7 @@ def test_square_counts_every_query_and_keeps_to_budget_and_ball(setup) -> None:
     r = square(counter, x[:6], y[:6], eps=4 / 255, max_queries=60)
     q = r.extra["queries"]
     assert bool((q <= 60).all()) and bool((q >= 1).all())
-    assert int(q.sum()) + 6 == counter.images  # every image sent, plus the final scoring pass
+    assert int(q.sum()) == counter.images  # every image sent, and no final scoring pass (success is scored lazily)
     assert float(r.linf.max()) <= 4 / 255 + 1e-6
     assert bool((q[~r.success] == 60).all())  # a tile left standing spent its whole budget
     r2 = square(model, x[:6], y[:6], norm="l2", eps=0.5, max_queries=40)
