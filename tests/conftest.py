@@ -10,6 +10,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 from sitebuild import ROOT, build  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _threads_restored():
+    """torch's thread count is process-wide: a module that changes it (a one-thread fixture, say) gets it back
+    afterwards, so figures later in the run are computed as in a run of their own file (CPU rounding depends on it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one CPU thread (deterministic reductions), then restore the count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real project's site, built once per test session with ``mkdocs build --strict``."""
@@ -32,7 +54,8 @@ def poisoned() -> dict:
     from medfool_ref.inputs.samples import CLASSES
     from medfool_ref.training.loop import CropBank, TrainConfig, crop_bank, train
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # trained on one thread (its consumers use the ``one_thread`` fixture too)
     target = CLASSES.index("NORM")
     train_items, _ = sample_split()
     bank = crop_bank(train_items, crop=48, per_side=4)
@@ -50,5 +73,6 @@ def poisoned() -> dict:
     config = TrainConfig(steps=150, batch_size=32, crop=48, seed=0)
     model = train(data, config)
     feats = penultimate(model, images.float().div(255))
+    torch.set_num_threads(threads)
     return {"features": feats, "labels": labels, "poison": is_poison, "model": model, "colour": colour, "alpha": alpha,
             "bank": data, "config": config, "target": target}

@@ -21,10 +21,11 @@ from medfool_ref.inputs.tiles import read_tile
 from medfool_ref.targets.reference import load_model
 from medfool_ref.training.loop import TrainConfig, crop_bank, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # figures computed on one CPU thread
+
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    torch.set_num_threads(1)
     return load_model(device="cpu")
 
 

@@ -20,6 +20,8 @@ from medfool_ref.cli import main
 from medfool_ref.inputs.samples import CLASSES, sample_tiles, split
 from medfool_ref.training.loop import TrainConfig, crop_bank, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # trained models depend on the thread count: pinned to one
+
 NORM = CLASSES.index("NORM")
 
 
@@ -241,24 +243,27 @@ def deployed(data):
     return train(bank, TrainConfig(steps=300, crop=64, seed=0))
 
 
-def test_reward_generator_beats_its_starting_point_on_unseen_tiles(data, deployed) -> None:
-    """On crops it was not trained on, the paper's-reward generator raises the reward (clean loss after one
-    update) above that of the label-flipped tiles it starts from."""
+def test_reward_generator_against_its_starting_point_on_unseen_tiles(data, deployed) -> None:
+    """The paper's-reward generator against the label-flipped tiles it starts from, on crops it was not trained on
+    (reward: clean loss after one update on the poison). Where the claim was made (AVX512 kernels, an earlier
+    recording) the generator won. On AVX2 kernels it loses, in-sample too (measured 2026-12-03 on one thread: unseen
+    1.104 against 2.476, training crops 2.439 against 5.070; on two threads 2.165 against 2.583), which is the
+    recorded run's finding as well (README: the reward objective damages less than label flipping alone). The test
+    holds each kernel family to what was measured on it, so a change in either direction is noticed."""
     bank, _ = data
     first = bank.tile_of < 40  # the generator sees the crops of the first 40 training tiles only
     res = train_generator(deployed, bank.images[first], bank.labels[first], steps=60, objective="reward", eps=32 / 255, seed=0)
     x, y = bank.images[~first].float() / 255, flip_labels(bank.labels[~first])
     xc, yc = bank.images[first][::4].float() / 255, bank.labels[first][::4]
-    gen_reward = _reward_after_update(deployed, generate(res.generator, x), y, xc, yc)
+    poison = generate(res.generator, x)
+    assert float((poison - x).abs().max()) <= 32 / 255 + 1e-6 and 0 <= float(poison.min()) and float(poison.max()) <= 1
+    gen_reward = _reward_after_update(deployed, poison, y, xc, yc)
     flip_reward = _reward_after_update(deployed, x, y, xc, yc)
     print(f"\nclean loss after one update: generative poison {gen_reward:.3f}, label-flipped tiles {flip_reward:.3f}")
     if torch.backends.cpu.get_cpu_capability() == "AVX512" or torch.cuda.is_available():
-        assert gen_reward > flip_reward  # where the claim was established (the recording kernels)
+        assert gen_reward > flip_reward
     else:
-        # On AVX2 kernels the trained generator does NOT beat its starting point (measured 2026-12-02: 2.165 against
-        # 2.583, an open finding: training drifts across instruction sets, as the recorded results do). What is
-        # asserted there: the generator still produces a poison of comparable strength, within the 20% drift bound.
-        assert gen_reward >= 0.8 * flip_reward, (gen_reward, flip_reward)
+        assert gen_reward < flip_reward, (gen_reward, flip_reward)
 
 
 def test_generative_poison_degrades_accuracy_more_than_random_noise(data, deployed) -> None:

@@ -2,8 +2,10 @@
 code produces: each recorded configuration is re-run here at its committed budget and its figures compared with
 the committed ones, timings and machine names aside.
 
-CPU runs are deterministic for one build of torch on one instruction set: on a machine with the recording's CPU
-capability (``provenance.cpu_capability``, e.g. AVX512) every figure must be equal (floats to 1e-9 relative). On
+CPU runs are deterministic for one build of torch on one instruction set and one thread count (reductions are split
+by thread): the reproductions run on as many threads as the recording machine had CPUs, and on a machine with the
+recording's CPU capability (``provenance.cpu_capability``, e.g. AVX512) every figure must be equal (floats to 1e-9
+relative). On
 another (AVX2, say), torch's kernels round differently, as on a GPU, and trained or evolved results drift; there
 the same structure is required and every rate and accuracy within 10 points of the committed one."""
 
@@ -27,6 +29,22 @@ RATE = re.compile(r"rate|accuracy|adversarial|success|grey|noise|^score$|confide
 DRIFT = 0.10  # the tolerance on rates across instruction sets
 
 
+def _recorded_threads(prov: dict) -> int:
+    """The recording's thread count: torch's default there, one per CPU (``machine`` says how many)."""
+    found = re.search(r"(\d+) CPUs", prov.get("machine", ""))
+    assert found, f"the provenance names no CPU count: {prov.get('machine')!r}"
+    return int(found.group(1))
+
+
+@pytest.fixture(autouse=True)
+def _recording_threads():
+    """Every test here runs on the recording's thread count (the committed results share one machine line)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_recorded_threads(_committed("apgd")["provenance"]))
+    yield
+    torch.set_num_threads(threads)
+
+
 def _committed(name: str) -> dict:
     path = RECORDED / name / "report.json"
     assert path.is_file(), f"{path} is missing: run `make results`"
@@ -34,9 +52,10 @@ def _committed(name: str) -> dict:
 
 
 def _exact(prov: dict) -> bool:
-    """Whether this machine runs the kernels the recording ran (same torch build and CPU capability)."""
+    """Whether this run uses the kernels the recording used (same torch build, CPU capability and thread count)."""
     return (prov.get("cpu_capability") == torch.backends.cpu.get_cpu_capability()
-            and prov.get("machine", "").endswith(f"torch {torch.__version__}"))
+            and prov.get("machine", "").endswith(f"torch {torch.__version__}")
+            and torch.get_num_threads() == _recorded_threads(prov))
 
 
 def _same(a, b, where: str = "", *, exact: bool = True, key: str = "") -> None:

@@ -17,6 +17,8 @@ from medfool_ref.reports.intervals import fmt_ci
 from medfool_ref.training.cleaned import backdoor_metrics, random_removal, retrain_without
 from medfool_ref.training.loop import crop_bank
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # figures computed on one CPU thread
+
 
 @pytest.fixture(scope="module")
 def setup(poisoned) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from medfool_ref.attacks.backdoor import apply_trigger
@@ -11,6 +12,8 @@ from medfool_ref.campaign.plan import sample_split
 from medfool_ref.defences.sanitise import activation_clustering, spectral_signatures
 from medfool_ref.inputs.samples import CLASSES
 from medfool_ref.training.loop import crop_bank
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # figures computed on one CPU thread
 
 TARGET = CLASSES.index("NORM")
 

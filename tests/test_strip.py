@@ -20,6 +20,8 @@ from medfool_ref.reports.intervals import fmt, wilson
 from medfool_ref.targets.tilenet import TileClassifier, TileNet
 from medfool_ref.training.loop import crop_bank
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # figures computed on one CPU thread
+
 FPR = 0.05
 
 
