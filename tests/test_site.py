@@ -291,3 +291,46 @@ def test_the_histopathology_page_links_the_recorded_runs(built_site: Path) -> No
         assert 'href="../audit.html"' in text
     other = built_site / "domains" / "chest-xray.html"
     assert "Measured here" not in other.read_text(encoding="utf-8")
+
+
+def test_the_defences_measured_page_lists_every_defence_and_the_recorded_runs(built_site: Path, catalog) -> None:
+    """Every registered defence has a row (its catalog entry linked where it has one); the recorded hardening and
+    certification runs appear with n and 95% intervals; every defence entry with an implementation links here."""
+    from medfool_ref.defences.registry_hardening import NAMES
+    from medfool_ref.defences.specs import SPECS
+
+    text = (built_site / "defences-measured.html").read_text(encoding="utf-8")
+    names = re.findall(r"<tr><td><code>([^<]+)</code></td>", text)
+    assert names == [*SPECS, *NAMES]
+    rows = [r for r in read(built_site / "defences-measured.html").tables["defence-registry"] if r]  # cells: their links
+    linked = {name: row[2] for name, row in zip(names, rows)}
+    for d in catalog.defences.values():
+        if d.implementation:
+            assert linked[d.implementation] == [(f"defences/{d.id}.html", d.name)], d.id
+            page = (built_site / "defences" / f"{d.id}.html").read_text(encoding="utf-8")
+            assert 'href="../defences-measured.html#registered"' in page, d.id
+    from sitebuild import ROOT
+
+    card = json.loads((ROOT / "docs/results/hardening/card.json").read_text())
+    after = card["after"]["robust"]
+    assert f"{after['correct']}/{after['tiles']} ({after['accuracy']:.0%}; 95% CI {after['wilson95'][0]:.0%}-{after['wilson95'][1]:.0%})" in text
+    cert = json.loads((ROOT / "docs/results/certify/certify.json").read_text())
+    r0 = cert["certified_accuracy"][0]
+    assert f"{r0['certified']}/{r0['tiles']} (" in text and 'src="defences/certified-accuracy.png"' in text
+    assert (built_site / "defences" / "certified-accuracy.png").is_file()
+    assert "mf-stale" not in text  # the committed runs were made by today's code
+
+
+def test_a_defence_run_is_stale_when_its_code_changes(tmp_path: Path, catalog) -> None:
+    from sitebuild import ROOT
+
+    from medfool_ref.site.defences import defences_page
+
+    for run, name in (("hardening", "card.json"), ("certify", "certify.json")):
+        (tmp_path / run).mkdir()
+        doc = json.loads((ROOT / "docs/results" / run / name).read_text())
+        doc["provenance"] = {**doc["provenance"], "code_sha256": "0" * 64}
+        (tmp_path / run / name).write_text(json.dumps(doc))
+    body = defences_page(catalog, tmp_path).body
+    assert body.count('class="mf-stale"') == 2
+    assert "No recorded run" in defences_page(catalog, tmp_path / "absent").body

@@ -26,6 +26,7 @@ from medfool_ref.site.audit import audit_page
 from medfool_ref.site.benchmarks import benchmarks_page
 from medfool_ref.site.html import Link
 from medfool_ref.site.results import results_html
+from medfool_ref.site.defences import defences_page
 from medfool_ref.site.slides import slides_page
 from medfool_ref.site.svg import routes_svg
 
@@ -148,6 +149,25 @@ def _slides_dir(tmp: Path) -> Path:
     return folder
 
 
+def _defences_dir(tmp: Path) -> Path:
+    """Recorded hardening and certification runs whose every string is hostile (numbers too, where a number belongs)."""
+    folder = tmp / "recorded"
+    for run in ("hardening", "certify"):
+        (folder / run).mkdir(parents=True)
+    count = {"correct": HOSTILE, "tiles": 4, "wilson95": [HOSTILE, 1]}
+    card = {"recipe": {"method": HOSTILE, "eps": HOSTILE, "attack_steps": HOSTILE, "init": HOSTILE, "train_config": {"steps": HOSTILE}},
+            "train_data": {"tiles": HOSTILE}, "held_out": {"tiles": HOSTILE}, "weights_sha256": HOSTILE,
+            "evaluation": {"robust_by": HOSTILE, "eps_255": HOSTILE, "apgd_steps": HOSTILE},
+            "before": {"clean": count, "robust": {"correct": 1, "tiles": 4, "wilson95": [0.1, 0.5]}}, "after": {HOSTILE: HOSTILE},
+            "provenance": {HOSTILE: HOSTILE, "code_sha256": HOSTILE}}
+    (folder / "hardening" / "card.json").write_text(json.dumps(card))
+    doc = {"params": {k: HOSTILE for k in ("sigma", "finetune_steps", "n0", "n", "alpha")}, "held_out_tiles": HOSTILE,
+           "abstained": HOSTILE, "largest_certifiable_radius": HOSTILE, "certified_accuracy": [{"radius": HOSTILE, **count}]}
+    (folder / "certify" / "certify.json").write_text(json.dumps(doc))
+    (folder / "certify" / "PROVENANCE.md").write_text(f"# {HOSTILE}\n{HOSTILE}\n")
+    return folder
+
+
 def _macros() -> dict[str, jinja2.runtime.Macro]:
     module = render.env.get_template("macros.html").module
     return {n: getattr(module, n) for n in dir(module) if isinstance(getattr(module, n), jinja2.runtime.Macro)}
@@ -179,6 +199,7 @@ CASES: dict[str, Callable[[Any, Path], str]] = {
     "benchmarks.html": lambda c, tmp: benchmarks_page(_benchmarks_dir(tmp)).body,
     "audit.html": lambda c, tmp: audit_page(_audit_dir(tmp), stale=True).body,
     "slides.html": lambda c, tmp: slides_page(_slides_dir(tmp), stale=True).body,
+    "defences.html": lambda c, tmp: defences_page(c, _defences_dir(tmp)).body,
 }
 
 

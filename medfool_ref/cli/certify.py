@@ -51,6 +51,7 @@ def run_certify(args: argparse.Namespace) -> int:
     from ..campaign.run import run_campaign
     from ..campaign.store import ResultsStore
     from ..reports.hardening import certified_curve
+    from ..reports.provenance import provenance
     from ..targets.reference import model_bytes
     from ..targets.target import state_bytes
     from .audit import engine_from
@@ -93,6 +94,7 @@ def run_certify(args: argparse.Namespace) -> int:
         "abstained": sum(r["abstain"] for r in rows),
         "certified_accuracy": table, "tiles": rows, "device": str(smoothed.device), "engine": engine.name,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "units": len(run.keys),
+        "provenance": provenance("certify", getattr(args, "command_line", "medfool certify"), str(smoothed.device)),
     }
     (out / "certify.json").write_text(json.dumps(doc, indent=2) + "\n")
     certified_curve(rows, out / "certified-accuracy.png", sigma=args.sigma, max_radius=max_radius)

@@ -39,14 +39,35 @@ def _interval(k: int, n: int) -> dict[str, Any]:
     return {"correct": k, "tiles": n, "accuracy": k / n if n else None, "wilson95": [lo, hi]}
 
 
-def run_harden(args: argparse.Namespace) -> int:
+def fine_tune(base: Any, train: list[Any], recipe: dict[str, Any], config: Any, *, out: Path | None = None,
+              resume: bool = False) -> tuple[Any, bytes]:
+    """(the hardened target, its weights as safetensors bytes): ``base`` fine-tuned on ``train`` by ``recipe``'s method
+    through the one training loop, checkpointed in ``out`` (when given) every 25 steps."""
     from ..campaign.certify import retarget
-    from ..campaign.hardening import worst_case
     from ..targets.reference import model_bytes
     from ..targets.target import state_bytes
     from ..training.loop import crop_bank, train as train_loop
-    from ..training.reference import reference_config
     from ..training.robust import objective
+
+    ckpt = state = None
+    if out is not None:
+        ckpt = Checkpoint(out, "harden", run_key(base=base.fingerprint, recipe=recipe, data=data_hash(train)))
+        state = ckpt.load() if resume else None
+        if state is not None:
+            print(f"resuming from step {state['step']}", file=sys.stderr)
+    loss = objective(recipe["method"], eps=recipe["eps"], steps=recipe["attack_steps"], beta=recipe["beta"] or 0.0,
+                     stain=recipe["stain"] or 0.3)
+    model = train_loop(crop_bank(train, crop=config.crop), config, device=base.device, init=base.model, loss_fn=loss,
+                       progress=Eta(f"{recipe['method']} fine-tuning"), checkpoint=ckpt, checkpoint_every=25, resume_from=state)
+    hardened = retarget(base, model, f"{base.name} + {recipe['method']}")
+    inner = getattr(model, "net", model) if base.spec and base.spec.kind == "user" else model
+    return hardened, (model_bytes(model) if base.spec and base.spec.kind == "reference" else state_bytes(inner))
+
+
+def run_harden(args: argparse.Namespace) -> int:
+    from ..campaign.hardening import worst_case
+    from ..reports.provenance import provenance
+    from ..training.reference import reference_config
 
     eps, eval_eps = _eps(args.eps, "--eps"), _eps(args.eval_eps, "--eval-eps")
     if args.steps < 1 or args.attack_steps < 1 or not (math.isfinite(args.beta) and args.beta >= 0) or not (
@@ -63,16 +84,7 @@ def run_harden(args: argparse.Namespace) -> int:
     print(f"measuring {base.name} before hardening on {len(held)} held-out tiles (audit worst case at {eval_eps * 255:g}/255)",
           file=sys.stderr)
     before = worst_case(held, base, out / "audit-before", eps=eval_eps, overrides=overrides, resume=args.resume)
-    ckpt = Checkpoint(out, "harden", run_key(base=base.fingerprint, recipe=recipe, data=data_hash(train)))
-    state = ckpt.load() if args.resume else None
-    if state is not None:
-        print(f"resuming from step {state['step']}", file=sys.stderr)
-    loss = objective(args.method, eps=eps, steps=args.attack_steps, beta=args.beta, stain=args.stain)
-    model = train_loop(crop_bank(train, crop=config.crop), config, device=base.device, init=base.model, loss_fn=loss,
-                       progress=Eta(f"{args.method} fine-tuning"), checkpoint=ckpt, checkpoint_every=25, resume_from=state)
-    hardened = retarget(base, model, f"{base.name} + {args.method}")
-    inner = getattr(model, "net", model) if base.spec and base.spec.kind == "user" else model
-    weights = model_bytes(model) if base.spec and base.spec.kind == "reference" else state_bytes(inner)
+    hardened, weights = fine_tune(base, train, recipe, config, out=out, resume=args.resume)
     (out / "hardened.safetensors").write_bytes(weights)
     after = worst_case(held, hardened, out / "audit-after", eps=eval_eps, overrides=overrides, resume=args.resume)
     import hashlib
@@ -87,6 +99,7 @@ def run_harden(args: argparse.Namespace) -> int:
         "before": {"clean": _interval(before["clean"], before["tiles"]), "robust": _interval(before["robust"], before["tiles"])},
         "after": {"clean": _interval(after["clean"], after["tiles"]), "robust": _interval(after["robust"], after["tiles"])},
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": str(base.device),
+        "provenance": provenance("hardening", getattr(args, "command_line", "medfool harden"), str(base.device)),
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "CARD.md").write_text(_card_md(card))

@@ -1,4 +1,4 @@
-"""The hardening helper's defences as a plain data table (issue 22), for folding into the defences registry.
+"""The defences that change the model or its data, certify it, or watch its traffic, as a plain data table.
 
 Each row: name, kind, the catalog defence entry it implements (None: no entry yet), where the code is, its
 parameters with defaults, and the paper. Torch-free.
@@ -27,29 +27,16 @@ HARDENING_DEFENCES: tuple[dict[str, object], ...] = (
     {"name": "loss-threshold-filter", "kind": "data-sanitisation", "catalog": "training-loss-filter",
      "code": "medfool_ref.attacks.poisoning:loss_threshold (medfool poison generative)",
      "params": {"quantile": 0.95}, "citation": "the countermeasure evaluated by Yang et al. 2017"},
-)
-
-NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)
-
-HARDENING_DEFENCES = HARDENING_DEFENCES + (
     {"name": "spectral-signatures", "kind": "data-sanitisation", "catalog": None,
      "code": "medfool_ref.defences.sanitise:spectral_signatures", "params": {"expected_fraction": 0.1, "multiplier": 1.5},
      "citation": "Tran, Li & Madry, NeurIPS 2018"},
     {"name": "activation-clustering", "kind": "data-sanitisation", "catalog": None,
      "code": "medfool_ref.defences.sanitise:activation_clustering", "params": {"dims": 10, "max_share": 0.35},
      "citation": "Chen et al., SafeAI@AAAI 2019"},
-)
-NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)
-
-HARDENING_DEFENCES = HARDENING_DEFENCES + (
     {"name": "stateful-query-detector", "kind": "detection", "catalog": "stateful-query-detection",
      "code": "medfool_ref.defences.querydetect:QueryDetector (medfool serve --detector)",
      "params": {"fpr": 0.05, "k": 5, "size": 16, "levels": 32, "capacity": 1000},
      "citation": "Chen, Carlini & Wagner, SPAI 2020; Li et al. (Blacklight), USENIX Security 2022"},
-)
-NAMES = tuple(str(row["name"]) for row in HARDENING_DEFENCES)
-
-HARDENING_DEFENCES = HARDENING_DEFENCES + (
     {"name": "strip", "kind": "detection", "catalog": None,
      "code": "medfool_ref.defences.strip:StripDetector.calibrated (trojaned inputs flagged at inference)",
      "params": {"fpr": 0.05, "blend": 0.3, "overlays": 9}, "citation": "Gao et al., ACSAC 2019"},

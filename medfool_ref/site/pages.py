@@ -251,7 +251,8 @@ def domain_page(c: Catalog, did: str, runs: Sequence[tuple[str, str]] = ()) -> P
 def defence_page(c: Catalog, did: str) -> Page:
     d = c.defences[did]
     here = page_uri("defence", did)
-    return Page(here, d.name, _html("defence.html", c, here, d=d), tags=("defence",))
+    measured = Links(c, here).to("defences-measured.md", "how it is attacked, and what was measured", "registered")
+    return Page(here, d.name, _html("defence.html", c, here, d=d, measured=measured), tags=("defence",))
 
 
 def dataset_page(c: Catalog, did: str) -> Page:

@@ -21,6 +21,8 @@ from ..catalog.stix import export_stix
 from ..reports.audit_schema import schema as audit_schema
 from .audit import audit_page, figure_files, read_audit
 from .benchmarks import benchmarks_page, charts
+from .defences import defences_page
+from .defences import figure_files as defence_figures
 from .html import esc
 from .pages import AUDIT_LAYER, all_pages, nav
 from .results import result_files
@@ -68,6 +70,12 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
         if bench is not None:
             self.pages.append(bench)
             items.insert(len(items) - 2, {"Benchmarks": bench.uri})
+        recorded = base / self.config.recorded if self.config.recorded else None
+        self.recorded_dir = recorded
+        measured = defences_page(self.catalog, recorded)
+        self.pages.append(measured)
+        at = next((i for i, item in enumerate(items) if isinstance(item, dict) and "Defences" in item), len(items) - 3)
+        items.insert(at + 1, {"Defences measured": measured.uri})
         self.in_nav = set(_nav_uris(items))
         config.nav = _escape_nav(items)
         for css in ("assets/medfool.css",):
@@ -109,6 +117,8 @@ class MedfoolPlugin(BasePlugin[MedfoolConfig]):
             for uri, svg in charts(base / self.config.benchmarks).items():
                 _add(files, File.generated(config, uri, content=svg))
         for uri, path in figure_files(self.audit_dir):
+            _add(files, File.generated(config, uri, abs_src_path=str(path)))
+        for uri, path in defence_figures(self.recorded_dir):
             _add(files, File.generated(config, uri, abs_src_path=str(path)))
         for uri, path in slide_figures(self.slides_dir):
             _add(files, File.generated(config, uri, abs_src_path=str(path)))
