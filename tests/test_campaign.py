@@ -203,7 +203,7 @@ CHILD = textwrap.dedent("""
     from medfool_ref.campaign.store import ResultsStore
     from medfool_ref.targets.target import reference_target
 
-    units = tile_units("pgd", sample_items(), params={"steps": 20, "early_stop": False}, batch_size=1)
+    units = tile_units("pgd", sample_items(), params={"steps": 4, "early_stop": False}, batch_size=1)
     run_campaign(units, reference_target(device="cpu"), ResultsStore(sys.argv[1]), resume=True, progress=False)
 """)
 
@@ -231,7 +231,7 @@ def test_the_store_survives_a_sigkill_and_the_campaign_resumes(tmp_path: Path) -
         assert len(store.items([u["key"]])) == u["n_items"] == 1
     # resume finishes the campaign; what was kept is what an uninterrupted run gives
     target = reference_target(device="cpu")
-    units = tile_units("pgd", sample_items(), params={"steps": 20, "early_stop": False}, batch_size=1)
+    units = tile_units("pgd", sample_items(), params={"steps": 4, "early_stop": False}, batch_size=1)
     run = run_campaign(units, target, store, resume=True, progress=False)
     assert run.skipped == len(kept) and run.ran == 65 - len(kept) and not run.failures
     fresh = ResultsStore(tmp_path / "fresh")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import math
 import sys
@@ -39,10 +40,16 @@ def _interval(k: int, n: int) -> dict[str, Any]:
     return {"correct": k, "tiles": n, "accuracy": k / n if n else None, "wilson95": [lo, hi]}
 
 
+class _Stopped(Exception):
+    pass
+
+
 def fine_tune(base: Any, train: list[Any], recipe: dict[str, Any], config: Any, *, out: Path | None = None,
-              resume: bool = False) -> tuple[Any, bytes]:
-    """(the hardened target, its weights as safetensors bytes): ``base`` fine-tuned on ``train`` by ``recipe``'s method
-    through the one training loop, checkpointed in ``out`` (when given) every 25 steps."""
+              resume: bool = False, stop_after: int | None = None) -> tuple[Any, bytes, dict[str, str]]:
+    """(the hardened target, its weights as safetensors bytes, the sha256 of its state every 25 steps): ``base``
+    fine-tuned on ``train`` by ``recipe``'s method through the one training loop, checkpointed in ``out`` (when given)
+    every 25 steps. ``stop_after`` (a multiple of 25) stops there, for a partial reproduction of a recorded run: the
+    schedule is the full run's, the result is the trajectory alone (target None, no weights)."""
     from ..campaign.certify import retarget
     from ..targets.reference import model_bytes
     from ..targets.target import state_bytes
@@ -55,13 +62,34 @@ def fine_tune(base: Any, train: list[Any], recipe: dict[str, Any], config: Any, 
         state = ckpt.load() if resume else None
         if state is not None:
             print(f"resuming from step {state['step']}", file=sys.stderr)
+    trajectory: dict[str, str] = dict(state.get("trajectory", {})) if state else {}
+
+    def every_25(step: int, loop_state: dict[str, Any]) -> None:
+        trajectory[str(step)] = state_sha256(loop_state["model"])
+        if ckpt is not None:
+            ckpt(step, {**loop_state, "trajectory": dict(trajectory)})
+        if stop_after is not None and step >= stop_after:
+            raise _Stopped
+
     loss = objective(recipe["method"], eps=recipe["eps"], steps=recipe["attack_steps"], beta=recipe["beta"] or 0.0,
                      stain=recipe["stain"] or 0.3)
-    model = train_loop(crop_bank(train, crop=config.crop), config, device=base.device, init=base.model, loss_fn=loss,
-                       progress=Eta(f"{recipe['method']} fine-tuning"), checkpoint=ckpt, checkpoint_every=25, resume_from=state)
+    try:
+        model = train_loop(crop_bank(train, crop=config.crop), config, device=base.device, init=base.model, loss_fn=loss,
+                           progress=Eta(f"{recipe['method']} fine-tuning"), checkpoint=every_25, checkpoint_every=25, resume_from=state)
+    except _Stopped:
+        return None, b"", trajectory
     hardened = retarget(base, model, f"{base.name} + {recipe['method']}")
     inner = getattr(model, "net", model) if base.spec and base.spec.kind == "user" else model
-    return hardened, (model_bytes(model) if base.spec and base.spec.kind == "reference" else state_bytes(inner))
+    return hardened, (model_bytes(model) if base.spec and base.spec.kind == "reference" else state_bytes(inner)), trajectory
+
+
+def state_sha256(state: dict[str, Any]) -> str:
+    """sha256 over a model's state (names and raw tensor bytes, in name order): the weights at a training step."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def run_harden(args: argparse.Namespace) -> int:
@@ -84,14 +112,13 @@ def run_harden(args: argparse.Namespace) -> int:
     print(f"measuring {base.name} before hardening on {len(held)} held-out tiles (audit worst case at {eval_eps * 255:g}/255)",
           file=sys.stderr)
     before = worst_case(held, base, out / "audit-before", eps=eval_eps, overrides=overrides, resume=args.resume)
-    hardened, weights = fine_tune(base, train, recipe, config, out=out, resume=args.resume)
+    hardened, weights, trajectory = fine_tune(base, train, recipe, config, out=out, resume=args.resume)
     (out / "hardened.safetensors").write_bytes(weights)
     after = worst_case(held, hardened, out / "audit-after", eps=eval_eps, overrides=overrides, resume=args.resume)
-    import hashlib
-
     card = {
         "model": hardened.name, "base_fingerprint": base.fingerprint, "fingerprint": hardened.fingerprint,
         "weights": "hardened.safetensors", "weights_sha256": hashlib.sha256(weights).hexdigest(), "recipe": recipe,
+        "trajectory": {"every": 25, "state_sha256": trajectory},
         "train_data": {"tiles": len(train), "sha256": data_hash(train)},
         "held_out": {"tiles": len(held), "sha256": data_hash(held), "note": "none of these tiles was trained on"},
         "evaluation": {"robust_by": "the audit's worst case (" + ", ".join(before["attacks"]) + ")", "eps": eval_eps,
