@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..reports.provenance import code_sha256
+from ..reports.recorded_code import code_sha256
 from .html import Link, Page, block, href, page_uri
 from .render import render
 
