@@ -36,9 +36,12 @@ $(RESULTS): $(VENV)/.installed $(wildcard medfool_ref/attacks/*.py medfool_ref/c
 # universal patch, one-pixel, fooling images, APGD, BadNets and generative poisoning (8 min), the reference
 # model's audit on the sample tiles (the Audit page) and the whole-slide demo (the Whole slides page); the
 # site marks them stale when the code that made them changes, and tests/test_recorded.py reproduces them
+DEFENDED := jpeg bit-depth median stain-norm resize-pad
 results: $(VENV)/.installed
 	$(VENV)/bin/medfool results --recorded --out docs/results
 	$(VENV)/bin/medfool audit --data sample --out docs/results/audit
+	for d in $(DEFENDED); do $(VENV)/bin/medfool audit --data sample --defence $$d --budgets 2,8 --attacks fgsm,pgd,apgd-ce \
+	  --out docs/results/defended/$$d || exit 1; done
 	$(VENV)/bin/medfool slide demo --out docs/results/slides
 
 serve: $(RESULTS)

@@ -286,10 +286,19 @@ def source_fingerprint(name: str) -> str:
     return h.hexdigest()
 
 
-def audit_fingerprint(names: list[str]) -> str:
-    """sha256 over the audit's own code and the source files of the attacks it ran (a recorded audit's staleness)."""
+DEFENDED_AUDIT_FILES = ("campaign/defended.py", "campaign/validity.py", "targets/defended.py", "reports/defence.py",
+                        "defences/system.py", "defences/specs.py")
+
+
+def audit_fingerprint(names: list[str], defences: list[str] | tuple[str, ...] = ()) -> str:
+    """sha256 over the audit's own code and the source files of the attacks it ran (a recorded audit's staleness);
+    for a defended audit (``defences``: registry names), also the defended system's code and each defence's module."""
     h = hashlib.sha256()
     files = {PACKAGE / "campaign" / "audit.py", PACKAGE / "reports" / "audit.py"} | {f for n in names for f in source_files(n)}
+    if defences:
+        from .defences.specs import SPECS as DEFENCE_SPECS
+
+        files |= {PACKAGE / f for f in DEFENDED_AUDIT_FILES} | {PACKAGE / "defences" / f"{DEFENCE_SPECS[d].module}.py" for d in defences}
     for f in sorted(files):
         h.update(f.relative_to(PACKAGE).as_posix().encode())
         h.update(f.read_bytes())

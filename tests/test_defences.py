@@ -222,10 +222,18 @@ def test_the_defended_audit_reports_adaptive_plain_and_undefended_and_resumes(tm
         assert b["adaptive_ci95"][0] <= b["adaptive"] <= b["adaptive_ci95"][1]
     high = d["budgets"][-1]
     assert high["non_adaptive"] > high["adaptive"]  # the plain evaluation over-claims
+    parts = d["splits"]  # the reference model's sample tiles: held-out first, then its training tiles (the 9 here: training)
+    assert [p["name"] for p in parts] == ["training"] and sum(p["tiles"] for p in parts) == d["tiles"]
+    for b in d["budgets"]:  # the parts add up to the whole, system by system
+        for key in ("undefended", "adaptive", "non_adaptive"):
+            whole = sum(p["tiles"] * next(x[key] for x in p["budgets"] if x["eps"] == b["eps"]) for p in parts)
+            assert abs(whole - b[key] * d["tiles"]) < 1e-9, (key, b["eps"])
+    assert out.index("9 training tiles: clean accuracy") < out.index("defence bit-depth")
     assert {c["id"] for c in first["validity"]} >= {"large-budget", "more-steps", "gradient-free"}
     assert first["residual_risk"] and all(r["risk_residual"] >= 1 for r in first["residual_risk"])
     html = (tmp_path / "report.html").read_text()
     assert "defended, adaptive attack" in html and "Evaluation validity" in html and "Residual risk" in html
+    assert html.index("<h3>training tiles (9)") < html.index(f"<h3>All {d['tiles']} tiles</h3>")
     assert main(args + ["--resume"]) == 0  # every unit reused: the same figures
     again = json.loads((tmp_path / "report.json").read_text())
     assert again["defence"] == first["defence"] and again["validity"] == first["validity"]

@@ -169,3 +169,57 @@ def test_the_recorded_audit_carries_its_provenance_and_its_quick_rows_reproduce(
     rows = {a["id"]: a for a in committed["attacks"]}
     for a in fresh["attacks"]:
         _same(a, rows[a["id"]], f"audit.{a['id']}", exact=exact)
+
+
+DEFENDED = ("jpeg", "bit-depth", "median", "stain-norm", "resize-pad")  # every input defence, as `make results` records them
+DEFENDED_REPRODUCED = ("jpeg", "resize-pad")  # BPDA through a stand-in, and EOT over random draws
+
+
+def _defended(name: str) -> dict:
+    path = RECORDED / "defended" / name / "report.json"
+    assert path.is_file(), f"{path} is missing: run `make results`"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("name", DEFENDED)
+def test_every_input_defence_has_a_current_recorded_defended_audit_held_out_first(name: str) -> None:
+    """The Defences measured page's recorded defended audits: current code, the defence alone in the chain, the three
+    systems at 2/255 and 8/255 with intervals, the held-out tiles first, the validity checks run."""
+    from medfool_ref.registry import audit_fingerprint
+
+    doc = _defended(name)
+    prov = doc["provenance"]
+    assert prov["command"].startswith(f"medfool audit --data sample --defence {name} ")
+    ran = sorted({a["attack"] for a in doc["attacks"]})
+    assert prov["code_sha256"] == audit_fingerprint(ran, [name]), f"defended/{name} was recorded by other code (stale): run `make results`"
+    d = doc["defence"]
+    assert [c.split(":")[0] for c in d["chain"]] == [name] and d["tiles"] == doc["data"]["tiles"] == 65
+    assert [b["eps_255"] for b in d["budgets"]] == [2, 8]
+    assert [p["name"] for p in d["splits"]] == ["held-out", "training"] and sum(p["tiles"] for p in d["splits"]) == 65
+    for part in [d] + d["splits"]:
+        for b in part["budgets"]:
+            for key in ("undefended", "adaptive", "non_adaptive"):
+                lo, hi = b[f"{key}_ci95"]
+                assert lo <= b[key] <= hi and b["tiles"] == part["tiles"]
+    assert {c["id"] for c in doc["validity"]} >= {"large-budget", "more-steps", "gradient-free"}
+    assert doc["residual_risk"] and (RECORDED / "defended" / name / "report.html").is_file()
+
+
+@pytest.mark.parametrize("name", DEFENDED_REPRODUCED)
+def test_a_recorded_defended_audit_reproduces_its_fgsm_rows(name: str, tmp_path: Path, capsys) -> None:
+    """The recorded command with FGSM alone (and one validity tile): the clean passes and the FGSM rows of the defended
+    system, figure for figure."""
+    committed = _defended(name)
+    out = tmp_path / name
+    assert main(["audit", "--data", "sample", "--defence", name, "--budgets", "2,8", "--attacks", "fgsm",
+                 "--validity-tiles", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    fresh = json.loads((out / "report.json").read_text())
+    exact = _exact(committed["provenance"])
+    _same({k: v for k, v in fresh["data"].items() if k != "source"},
+          {k: v for k, v in committed["data"].items() if k != "source"}, f"{name}.data", exact=exact)
+    for key in ("clean_accuracy_undefended", "clean_accuracy_defended", "chain", "eot_draws", "randomised"):
+        _same(fresh["defence"][key], committed["defence"][key], f"{name}.defence.{key}", exact=exact, key=key)
+    rows = {a["id"]: a for a in committed["attacks"]}
+    (fgsm,) = fresh["attacks"]
+    _same(fgsm, rows["fgsm"], f"{name}.fgsm", exact=exact)

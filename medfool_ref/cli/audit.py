@@ -176,7 +176,10 @@ def _provenance(args: argparse.Namespace, probes: list[str], device: str, date: 
     machine = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     if device.startswith("cuda") and torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name(0)}"
-    return {"medfool": __version__, "code_sha256": audit_fingerprint(sorted({PROBES[p].attack for p in probes})),
+    from ..defences.specs import parse_all
+
+    defences = sorted({s.name for s, _ in parse_all(args.defence)}) if getattr(args, "defence", None) else []
+    return {"medfool": __version__, "code_sha256": audit_fingerprint(sorted({PROBES[p].attack for p in probes}), defences),
             "machine": machine, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device, "date": date,
             "command": getattr(args, "command_line", "medfool audit")}
 
@@ -292,6 +295,11 @@ def run_audit_command(args: argparse.Namespace) -> int:
     print_headline(doc)
     if doc.get("defence"):
         d = doc["defence"]
+        for part in d.get("splits", []):
+            print(f"defence on the {part['tiles']} {part['name']} tiles: clean accuracy {part['clean_accuracy_undefended']:.1%} -> "
+                  f"{part['clean_accuracy_defended']:.1%}; " + ", ".join(
+                      f"{b['eps_255']:g}/255: undefended {b['undefended']:.1%}, adaptive {b['adaptive']:.1%}, non-adaptive {b['non_adaptive']:.1%}"
+                      for b in part["budgets"]))
         print(f"defence {' -> '.join(d['chain'])}: clean accuracy {d['clean_accuracy_undefended']:.1%} -> {d['clean_accuracy_defended']:.1%}; "
               + ", ".join(f"{b['eps_255']:g}/255: undefended {b['undefended']:.1%}, adaptive {b['adaptive']:.1%}, non-adaptive {b['non_adaptive']:.1%}"
                           for b in d["budgets"]))

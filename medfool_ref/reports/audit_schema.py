@@ -137,6 +137,16 @@ class DefenceBudget(_M):
     overclaim: float = Field(description="non-adaptive minus adaptive robust accuracy: what a plain evaluation over-claims")
 
 
+class DefenceSplit(_M):
+    """The defended, non-adaptive and undefended figures on one part of the sample tiles (held-out first)."""
+
+    name: str = Field(description="held-out or training")
+    tiles: int
+    clean_accuracy_undefended: float | None
+    clean_accuracy_defended: float | None
+    budgets: list[DefenceBudget]
+
+
 class DefenceSummary(_M):
     chain: list[str]
     randomised: bool
@@ -146,6 +156,8 @@ class DefenceSummary(_M):
     clean_cost: float = Field(description="clean accuracy lost to the defence (undefended minus defended)")
     tiles: int
     budgets: list[DefenceBudget]
+    splits: list[DefenceSplit] = Field(default_factory=list, description="on the reference model's sample tiles: the held-out "
+                                       "tiles (the figures to quote), then those it was trained on")
     method: str
 
 

@@ -1,6 +1,7 @@
 """The Defences measured page: every registered defence (what it is, the catalog entry it implements, how medfool
-attacks it), then the recorded runs on the reference model (``medfool harden`` and ``medfool certify``, committed
-with their provenance under ``docs/results/hardening`` and ``docs/results/certify``). The files are data, not
+attacks it), then the recorded runs on the reference model (``medfool audit --defence`` per input defence, ``medfool harden`` and
+``medfool certify``, committed with their provenance under ``docs/results/defended/<defence>``,
+``docs/results/hardening`` and ``docs/results/certify``). The files are data, not
 markup: ``defences.html`` escapes every value."""
 
 from __future__ import annotations
@@ -130,6 +131,67 @@ def certify_part(folder: Path) -> dict[str, Any] | None:
     return {"facts": facts, "rows": rows, "figure": figure, "stale": _stale(doc, "certify"), "provenance": _provenance(doc, folder)}
 
 
+def _rate(p: Any, n: Any, ci: Any) -> str:
+    """``k/n (p%; 95% CI lo-hi%)`` from a rate over n tiles and its interval."""
+    if not (isinstance(p, (int, float)) and isinstance(n, int) and n > 0) or isinstance(p, bool):
+        return "n/a"
+    text = f"{round(p * n)}/{n} ({p:.0%}"
+    if isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        text += f"; 95% CI {ci[0]:.0%}-{ci[1]:.0%}"
+    return text + ")"
+
+
+def _budget_rows(part: dict[str, Any]) -> list[dict[str, Any]]:
+    n = part.get("tiles")
+    return [{"eps": _n(b.get("eps_255")), **{k: _rate(b.get(k), n, b.get(f"{k}_ci95")) for k in ("undefended", "adaptive", "non_adaptive")},
+             "overclaim": isinstance(b.get("overclaim"), (int, float)) and b["overclaim"] > 0.05}
+            for b in part.get("budgets") or [] if isinstance(b, dict)]
+
+
+def _moved_most(doc: dict[str, Any]) -> dict[str, str] | None:
+    """The residual-risk scenario whose risk the defence moved most (ties: the first in the report)."""
+    rows = [r for r in doc.get("residual_risk") or [] if isinstance(r, dict)
+            and isinstance(r.get("risk_inherent"), int) and isinstance(r.get("risk_residual"), int)]
+    if not rows:
+        return None
+    r = max(rows, key=lambda r: abs(r["risk_inherent"] - r["risk_residual"]))
+    return {"scenario": str(r.get("scenario")), "inherent": f"{r['risk_inherent']} ({r.get('band_inherent')})",
+            "residual": f"{r['risk_residual']} ({r.get('band_residual')})", "evidence": str(r.get("evidence_residual", ""))}
+
+
+def defended_part(folder: Path) -> list[dict[str, Any]]:
+    """One entry per recorded defended audit (``docs/results/defended/<defence>/report.json``), in registry order."""
+    from ..defences.specs import SPECS
+    from ..registry import audit_fingerprint
+
+    out = []
+    for name in SPECS:
+        doc = _read(folder / name / "report.json")
+        d = doc.get("defence") if doc else None
+        if not isinstance(d, dict):
+            continue
+        parts = [p for p in d.get("splits") or [] if isinstance(p, dict)]
+        parts.append({"name": "all", "tiles": d.get("tiles"), "budgets": d.get("budgets"),
+                      "clean_accuracy_undefended": d.get("clean_accuracy_undefended"), "clean_accuracy_defended": d.get("clean_accuracy_defended")})
+        checks = [c for c in doc.get("validity") or [] if isinstance(c, dict)]
+        prov = doc.get("provenance") if isinstance(doc.get("provenance"), dict) else {}
+        ran = sorted({str(a.get("attack")) for a in doc.get("attacks") or [] if isinstance(a, dict)})
+        out.append({
+            "name": name, "chain": " -> ".join(str(c) for c in d.get("chain") or []), "folder": name,
+            "eot": _n(d.get("eot_draws")) if d.get("randomised") else None,
+            "attacks": ", ".join(str(a.get("id")) for a in doc.get("attacks") or [] if isinstance(a, dict)),
+            "parts": [{"name": str(p.get("name")), "tiles": _n(p.get("tiles")),
+                       "clean": (_rate(p.get("clean_accuracy_undefended"), p.get("tiles"), None) + " -> "
+                                 + _rate(p.get("clean_accuracy_defended"), p.get("tiles"), None)),
+                       "budgets": _budget_rows(p)} for p in parts],
+            "checks": [(str(c.get("title")), "passed" if c.get("passed") is True else "FAILED" if c.get("passed") is False else "not run",
+                        str(c.get("measured", ""))) for c in checks],
+            "unreliable": bool(doc.get("unreliable")), "moved": _moved_most(doc),
+            "stale": isinstance(prov.get("code_sha256"), str) and prov["code_sha256"] != audit_fingerprint(ran, [name]),
+            "provenance": sorted((str(k), str(v)) for k, v in prov.items())})
+    return out
+
+
 def figure_files(recorded: Path | None) -> list[tuple[str, Path]]:
     if recorded is None:
         return []
@@ -146,6 +208,7 @@ def defences_page(catalog: Any, recorded: Path | None) -> Page:
                       if cid and cid in catalog.defences else None)
     hardening = hardening_part(recorded / "hardening") if recorded else None
     certify = certify_part(recorded / "certify") if recorded else None
-    body = render("defences.html", rows=rows, hardening=hardening, certify=certify,
+    defended = defended_part(recorded / "defended") if recorded else []
+    body = render("defences.html", rows=rows, hardening=hardening, certify=certify, defended=defended,
                   index=href(URI, "defences/index.md"), audit=href(URI, "audit.md"))
     return Page(URI, "Defences measured", block(body))
