@@ -117,6 +117,27 @@ def test_audit_of_a_served_model_runs_the_query_only_battery(server, tmp_path, c
     assert {"square", "hop-skip-jump"} <= ran, ran
     assert [c["id"] for c in doc["validity"]] == ["query-only"] and doc["validity"][0]["passed"] is None
     assert doc["unreliable"] is False
+    # every request is logged in the store, and the images add up: the probe tiles, every image a unit's attack sent
+    # (its query count), and the executor's two scoring passes (float and 8-bit) of each attacked tile
+    import sqlite3
+
+    from medfool_ref.targets.endpoint import PROBES
+
+    db = sqlite3.connect(out / "results.sqlite")
+    logged = db.execute("SELECT COUNT(*), SUM(images), MIN(bytes_sent * (images > 0) + (images = 0)), MIN(seconds) "
+                        "FROM queries WHERE status = '200'").fetchone()  # every infer request carries its body's bytes
+    forwarded, attacked = db.execute("SELECT SUM(forward_images), SUM(CASE WHEN attack != 'predict' THEN n_items ELSE 0 END) "
+                                     "FROM units").fetchone()
+    db.close()
+    q = doc["queries"]
+    assert q["statuses"] == {"200": q["requests"]} and q["answered"] == logged[0] == q["requests"] and q["runs"] == 1
+    assert q["images_answered"] == logged[1] == PROBES + forwarded + 2 * attacked, (q, forwarded, attacked)
+    assert logged[2] > 0 and logged[3] > 0 and q["latency_median_s"] <= q["latency_p95_s"]
+    assert "Requests sent to the endpoint" in (out / "report.html").read_text()
+    assert f"{q['requests']} requests" in capsys.readouterr().out
+    assert main(argv + ["--resume"]) == 0  # a resumed run re-sends nothing answered: only the probe tiles
+    again = json.loads((out / "report.json").read_text())["queries"]
+    assert again["runs"] == 2 and again["images_answered"] == q["images_answered"] + PROBES
     assert main(["audit", "--endpoint", server, "--data", "sample", "--out", str(tmp_path / "x"), "--defence", "jpeg"]) == 2
     assert "--defence cannot be combined with --endpoint" in capsys.readouterr().err
     assert main(["audit", "--endpoint", server, "--data", "sample", "--out", str(tmp_path / "y"), "--dry-run",

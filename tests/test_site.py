@@ -319,6 +319,18 @@ def test_the_defences_measured_page_lists_every_defence_and_the_recorded_runs(bu
     assert f"{r0['certified']}/{r0['tiles']} (" in text and 'src="defences/certified-accuracy.png"' in text
     assert (built_site / "defences" / "certified-accuracy.png").is_file()
     assert "mf-stale" not in text  # the committed runs were made by today's code
+    # the recorded defended audits: one summary row per defence, part and budget, held-out first, then training, then all
+    summary = [r for r in read(built_site / "defences-measured.html").tables["defended-summary"] if r]
+    recorded = sorted(p.parent.name for p in (ROOT / "docs/results/defended").glob("*/report.json"))
+    assert recorded and len(summary) == 3 * 2 * len(recorded)
+    for name in recorded:
+        doc = json.loads((ROOT / "docs/results/defended" / name / "report.json").read_text())
+        held = doc["defence"]["splits"][0]
+        b = held["budgets"][-1]
+        row = f"{round(b['adaptive'] * held['tiles'])}/{held['tiles']} ({b['adaptive']:.0%}; 95% CI {b['adaptive_ci95'][0]:.0%}-{b['adaptive_ci95'][1]:.0%})"
+        section = text[text.index(f'href="#defended-{name}"'):]
+        assert held["name"] == "held-out" and row in section[:section.index("</tr>", section.index("8/255"))], name
+        assert f'id="defended-{name}"' in text
 
 
 def test_a_defence_run_is_stale_when_its_code_changes(tmp_path: Path, catalog) -> None:
@@ -331,6 +343,10 @@ def test_a_defence_run_is_stale_when_its_code_changes(tmp_path: Path, catalog) -
         doc = json.loads((ROOT / "docs/results" / run / name).read_text())
         doc["provenance"] = {**doc["provenance"], "code_sha256": "0" * 64}
         (tmp_path / run / name).write_text(json.dumps(doc))
+    (tmp_path / "defended" / "jpeg").mkdir(parents=True)
+    doc = json.loads((ROOT / "docs/results/defended/jpeg/report.json").read_text())
+    doc["provenance"] = {**doc["provenance"], "code_sha256": "0" * 64}
+    (tmp_path / "defended" / "jpeg" / "report.json").write_text(json.dumps(doc))
     body = defences_page(catalog, tmp_path).body
-    assert body.count('class="mf-stale"') == 2
+    assert body.count('class="mf-stale"') == 3
     assert "No recorded run" in defences_page(catalog, tmp_path / "absent").body

@@ -165,6 +165,17 @@ def _defences_dir(tmp: Path) -> Path:
            "abstained": HOSTILE, "largest_certifiable_radius": HOSTILE, "certified_accuracy": [{"radius": HOSTILE, **count}]}
     (folder / "certify" / "certify.json").write_text(json.dumps(doc))
     (folder / "certify" / "PROVENANCE.md").write_text(f"# {HOSTILE}\n{HOSTILE}\n")
+    budget = {"eps_255": HOSTILE, "undefended": HOSTILE, "undefended_ci95": [HOSTILE, 1], "adaptive": 0.5, "adaptive_ci95": [0.1, HOSTILE],
+              "non_adaptive": 0.9, "non_adaptive_ci95": [0.5, 1], "overclaim": HOSTILE}
+    audit = {"defence": {"chain": [HOSTILE], "randomised": True, "eot_draws": HOSTILE, "tiles": 4, "budgets": [budget],
+                         "clean_accuracy_undefended": HOSTILE, "clean_accuracy_defended": 0.5,
+                         "splits": [{"name": HOSTILE, "tiles": HOSTILE, "budgets": [budget]}]},
+             "attacks": [{"id": HOSTILE, "attack": HOSTILE}], "validity": [{"title": HOSTILE, "passed": False, "measured": HOSTILE}],
+             "unreliable": True, "residual_risk": [{"scenario": HOSTILE, "risk_inherent": 12, "risk_residual": 4, "band_inherent": HOSTILE,
+                                                    "band_residual": HOSTILE, "evidence_residual": HOSTILE}],
+             "provenance": {HOSTILE: HOSTILE, "code_sha256": HOSTILE}}
+    (folder / "defended" / "jpeg").mkdir(parents=True)
+    (folder / "defended" / "jpeg" / "report.json").write_text(json.dumps(audit))
     return folder
 
 

@@ -123,7 +123,7 @@ def _target(args: argparse.Namespace) -> Any:
         raise UsageError(str(exc)) from None
 
 
-def _endpoint_target(args: argparse.Namespace) -> Any:
+def _endpoint_target(args: argparse.Namespace, log: Any = None) -> Any:
     from ..targets.config import REFERENCE_CONFIG, ConfigError, load_config
     from ..targets.endpoint import ClientOptions, EndpointError, endpoint_target
 
@@ -131,7 +131,7 @@ def _endpoint_target(args: argparse.Namespace) -> Any:
         config = load_config(args.config or REFERENCE_CONFIG)
         opts = ClientOptions(token_env=args.token_env, rate_limit=args.rate_limit, concurrency=args.concurrency,
                              timeout=args.timeout, total_queries=args.total_queries, verify=not args.insecure)
-        return endpoint_target(args.endpoint, list(config.classes), output=args.output, options=opts,
+        return endpoint_target(args.endpoint, list(config.classes), output=args.output, options=opts, on_record=log,
                                positive=tuple(config.positive) if hasattr(config, "positive") else ("TUM",))
     except (ConfigError, EndpointError) as exc:
         raise UsageError(str(exc)) from None
@@ -185,11 +185,8 @@ def _provenance(args: argparse.Namespace, probes: list[str], device: str, date: 
 
 
 def run_audit_command(args: argparse.Namespace) -> int:
-    from ..campaign.audit import BATTERY, L2_BUDGETS, LINF_BUDGETS, PROBES, NonFiniteOutputs, run_audit
-    from ..campaign.store import ResultsStore
-    from ..inputs.datasets import DataError, load_dataset
-    from ..reports.audit import build_report, schema
-    from ..reports.audit_output import write_audit
+    from ..campaign.audit import BATTERY, L2_BUDGETS, LINF_BUDGETS, PROBES
+    from ..reports.audit import schema
 
     if args.schema:
         print(json.dumps(schema(), indent=2))
@@ -241,7 +238,27 @@ def run_audit_command(args: argparse.Namespace) -> int:
                   f"{est['seconds']:.0f} s at {args.rate_limit:g} requests/s; nothing sent")
             return 0
     engine = engine_from(args)
-    target = _endpoint_target(args) if args.endpoint else _target(args)
+    log = None
+    if args.endpoint:  # every request, retries included, goes into the run's results store as it is answered
+        from ..campaign.querylog import QueryLog
+
+        log = QueryLog(Path(args.out))
+    try:
+        return _audit(args, engine, log, probes, linf, l2, gates, overrides)
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _audit(args: argparse.Namespace, engine: Any, log: Any, probes: list[str], linf: list[float], l2: list[float],
+           gates: Any, overrides: Any) -> int:
+    from ..campaign.audit import NonFiniteOutputs
+    from ..campaign.store import ResultsStore
+    from ..inputs.datasets import DataError, load_dataset
+    from ..reports.audit import build_report
+    from ..reports.audit_output import write_audit
+
+    target = _endpoint_target(args, log) if args.endpoint else _target(args)
     try:
         data = load_dataset(args.data, target.classes, max_tiles=args.max_tiles)
     except DataError as exc:
@@ -282,6 +299,12 @@ def run_audit_command(args: argparse.Namespace) -> int:
     from ..reports.audit_schema import ValidityCheck
 
     report.validity = [ValidityCheck(**vars(c)) for c in audited.checks]
+    if log is not None:
+        from ..campaign.querylog import summary
+        from ..reports.audit_schema import QueryTraffic
+
+        traffic = summary(out)
+        report.queries = QueryTraffic(**traffic) if traffic else None
     report.unreliable = any(c.passed is False for c in audited.checks)
     if audited.plain is not None and audited.undefended is not None:
         from ..reports.defence import defence_section
@@ -306,6 +329,10 @@ def run_audit_command(args: argparse.Namespace) -> int:
     for c in doc.get("validity", []):
         if c["passed"] is False:
             print(f"UNRELIABLE: validity check failed: {c['title']} ({c['measured']})", file=sys.stderr)
+    if doc.get("queries"):
+        q = doc["queries"]
+        print(f"endpoint: {q['requests']} requests ({q['images_answered']} images answered, {q['retries']} retries), "
+              f"median latency {q['latency_median_s']:.3f} s; logged in {out}/results.sqlite (table queries)")
     print(f"wrote {out}/report.json, {out}/report.html")
     failed = [g for g in checked if not g["passed"]]
     for g in failed:

@@ -178,6 +178,21 @@ class Skip(_M):
     reason: str
 
 
+class QueryTraffic(_M):
+    """What the audit sent a served model (``--endpoint``), from the results store's ``queries`` table."""
+
+    runs: int = Field(description="command runs that sent requests (a --resume adds one)")
+    requests: int = Field(description="HTTP requests, retries included")
+    answered: int
+    images_answered: int
+    retries: int
+    bytes_sent: int
+    bytes_received: int
+    latency_median_s: float
+    latency_p95_s: float
+    statuses: dict[str, int] = Field(description="HTTP status, or transport error name -> requests")
+
+
 class AuditReport(_M):
     medfool: str
     date: str
@@ -199,6 +214,7 @@ class AuditReport(_M):
     unreliable: bool = Field(False, description="a validity check failed: the robust-accuracy figures over-estimate robustness")
     defence: DefenceSummary | None = None
     residual_risk: list[Residual] = Field(default_factory=list)
+    queries: QueryTraffic | None = Field(None, description="an endpoint audit's requests, as logged in results.sqlite")
     provenance: dict[str, Any] = Field(default_factory=dict, description="medfool version, code hash, machine, date, command")
 
 

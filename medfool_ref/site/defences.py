@@ -159,6 +159,16 @@ def _moved_most(doc: dict[str, Any]) -> dict[str, str] | None:
             "residual": f"{r['risk_residual']} ({r.get('band_residual')})", "evidence": str(r.get("evidence_residual", ""))}
 
 
+def _audit_stale(recorded: Any, ran: list[str], defence: str, fingerprint: Any) -> bool:
+    """Whether a recorded audit's code hash differs from today's code (an attack medfool no longer has: stale)."""
+    if not isinstance(recorded, str):
+        return False
+    try:
+        return bool(recorded != fingerprint(ran, [defence]))
+    except KeyError:
+        return True
+
+
 def defended_part(folder: Path) -> list[dict[str, Any]]:
     """One entry per recorded defended audit (``docs/results/defended/<defence>/report.json``), in registry order."""
     from ..defences.specs import SPECS
@@ -187,7 +197,7 @@ def defended_part(folder: Path) -> list[dict[str, Any]]:
             "checks": [(str(c.get("title")), "passed" if c.get("passed") is True else "FAILED" if c.get("passed") is False else "not run",
                         str(c.get("measured", ""))) for c in checks],
             "unreliable": bool(doc.get("unreliable")), "moved": _moved_most(doc),
-            "stale": isinstance(prov.get("code_sha256"), str) and prov["code_sha256"] != audit_fingerprint(ran, [name]),
+            "stale": _audit_stale(prov.get("code_sha256"), ran, name, audit_fingerprint),
             "provenance": sorted((str(k), str(v)) for k, v in prov.items())})
     return out
 
