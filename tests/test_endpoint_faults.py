@@ -133,3 +133,108 @@ def test_the_total_budget_is_refused_before_sending(served) -> None:
     with pytest.raises(EndpointError, match="total query budget"):
         c.infer(np.zeros((2, 3, 4, 4), np.float32), "x")
     assert script.infers == 1
+
+
+def _model_server(state: dict) -> ThreadingHTTPServer:
+    """The reference model behind a plain Open Inference Protocol server that 'dies' (drops every connection) once
+    ``state['die_after']`` infer requests were answered, and comes back when the test clears it."""
+    import torch
+
+    from medfool_ref.targets.reference import load_model
+
+    model = load_model(device="cpu").eval()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _send(self, doc) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _dead(self) -> bool:
+            if state["die_after"] is not None and state["answered"] >= state["die_after"]:
+                self.close_connection = True
+                self.connection.close()  # as a killed server: the connection drops, no answer
+                return True
+            return False
+
+        def do_GET(self) -> None:
+            if not self._dead():
+                self._send({"name": "tilenet", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]})
+
+        def do_POST(self) -> None:
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self._dead():
+                return
+            spec = req["inputs"][0]
+            x = torch.tensor(spec["data"], dtype=torch.float32).view(spec["shape"])
+            with torch.no_grad():
+                p = model(x).softmax(1)
+            state["answered"] += 1
+            self._send({"outputs": [{"name": "p", "shape": list(p.shape), "datatype": "FP32", "data": p.flatten().tolist()}]})
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_a_server_that_dies_mid_audit_then_resume_gives_the_same_report(tmp_path, capsys) -> None:
+    """The server stops answering part-way; the audit stops with a clear error and keeps what was answered; once the
+    server is back, --resume ends with the report of an uninterrupted run, and re-sends only the probe tiles and the
+    unit that was in flight (the query log in results.sqlite says exactly what went out)."""
+    import sqlite3
+
+    from medfool_ref.cli import main
+    from medfool_ref.targets.endpoint import PROBES
+
+    state = {"die_after": None, "answered": 0}
+    srv = _model_server(state)
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v2/models/tilenet"
+    argv = ["audit", "--endpoint", url, "--data", "sample", "--max-tiles", "4", "--rate-limit", "0", "--batch-size", "2",
+            "--attacks", "square", "--budgets", "8", "--set", "square.max_queries=15"]
+
+    def sent(out) -> list[tuple[str, int]]:
+        db = sqlite3.connect(out / "results.sqlite")
+        rows = db.execute("SELECT run, SUM(images) FROM queries WHERE status = '200' GROUP BY run ORDER BY MIN(at)").fetchall()
+        db.close()
+        return rows
+
+    try:
+        whole = tmp_path / "whole"
+        assert main(argv + ["--out", str(whole)]) == 0, capsys.readouterr().err
+        reference = json.loads((whole / "report.json").read_text())
+        (images_whole,) = [n for _, n in sent(whole)]
+        capsys.readouterr()
+        cut = tmp_path / "cut"
+        state.update(die_after=state["answered"] + 5, answered=state["answered"])  # dies after 5 more answers
+        assert main(argv + ["--out", str(cut)]) == 1
+        err = capsys.readouterr().err
+        assert "127.0.0.1" in err and "gave up" in err and "Traceback" not in err
+        state["die_after"] = None  # the server is back
+        assert main(argv + ["--out", str(cut), "--resume"]) == 0, capsys.readouterr().err
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    resumed = json.loads((cut / "report.json").read_text())
+    for key in ("data", "attacks", "worst_case", "threat_model"):
+        strip = (lambda v: json.loads(json.dumps(v).replace(url, "URL")))
+        assert _without(strip(resumed[key]), {"seconds", "date"}) == _without(strip(reference[key]), {"seconds", "date"}), key
+    (first, n1), (second, n2) = sent(cut)
+    db = sqlite3.connect(cut / "results.sqlite")
+    biggest_unit = db.execute("SELECT MAX(forward_images + 2 * n_items) FROM units").fetchone()[0]
+    db.close()
+    assert n1 < images_whole and n2 < images_whole  # neither run sent everything
+    assert images_whole + PROBES <= n1 + n2 <= images_whole + PROBES + biggest_unit  # nothing answered was sent again
+
+
+def _without(v, keys: set[str]):
+    if isinstance(v, dict):
+        return {k: _without(x, keys) for k, x in v.items() if k not in keys}
+    if isinstance(v, list):
+        return [_without(x, keys) for x in v]
+    return v
