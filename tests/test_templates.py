@@ -94,6 +94,14 @@ def _benchmarks_dir(tmp: Path) -> Path:
         "date": HOSTILE, "machine": {"machine": HOSTILE, "device": HOSTILE, "cpu_count": HOSTILE, "torch_threads": HOSTILE},
         "versions": {HOSTILE: HOSTILE}, "tiles": {"count": HOSTILE, "size_px": HOSTILE}, "rows": [row]}))
     (folder / "catalog-scale.json").write_text(json.dumps({"date": HOSTILE, "machine": HOSTILE, "rows": [{"entries_added": HOSTILE}]}))
+    (folder / "defended-x.json").write_text(json.dumps({
+        "date": HOSTILE, "machine": {"platform": HOSTILE, "cpu_count": HOSTILE, "device": HOSTILE},
+        "archs": [{"arch": HOSTILE, "tiles": {"count": HOSTILE, "size_px": HOSTILE}, "steps": HOSTILE,
+                   "rows": [{"system": HOSTILE, "mode": HOSTILE, "seconds_per_step": HOSTILE, "ratio": HOSTILE, "success": HOSTILE}]}]}))
+    (folder / "endpoint-client-x.json").write_text(json.dumps({
+        "date": HOSTILE, "machine": HOSTILE, "server": HOSTILE,
+        "rows": [{"tile_px": HOSTILE, "batch": HOSTILE, "images_per_s": {"medfool": HOSTILE, "httpx": HOSTILE},
+                  "ratio_medfool_over_httpx": HOSTILE}]}))
     return folder
 
 

@@ -112,6 +112,36 @@ def _scale_section(data: dict[str, Any]) -> dict[str, Any]:
     return {"date": data.get("date", "?"), "machine": data.get("machine", "?"), "rows": rows}
 
 
+def _defended_section(data: dict[str, Any]) -> dict[str, Any]:
+    """``defended-*.json`` (``python -m benchmarks.defended``): seconds per PGD step through each defence."""
+    m = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    archs = []
+    for a in data.get("archs") or []:
+        if not isinstance(a, dict):
+            continue
+        tiles = a.get("tiles") if isinstance(a.get("tiles"), dict) else {}
+        rows = [[str(r.get("system", "")), str(r.get("mode", "")), _num(r.get("seconds_per_step")), _num(r.get("ratio")),
+                 _num(r.get("ratio_to_a_loop_over_draws")), _num(r.get("peak_mb")),
+                 _pct(r.get("success")) if isinstance(r.get("success"), (int, float)) else _num(r.get("success"))]
+                for r in a.get("rows") or [] if isinstance(r, dict)]
+        archs.append({"arch": str(a.get("arch", "?")), "tiles": tiles.get("count", "?"), "size_px": tiles.get("size_px", "?"),
+                      "steps": a.get("steps", "?"), "rows": rows})
+    return {"date": data.get("date", "?"), "machine": m.get("platform", "?"), "cpu_count": m.get("cpu_count", "?"),
+            "device": m.get("device", "?"), "archs": archs}
+
+
+def _client_section(data: dict[str, Any]) -> dict[str, Any]:
+    """``endpoint-client-*.json`` (``python -m benchmarks.endpoint_client``): the client against a bare httpx loop."""
+    rows = []
+    for r in data.get("rows") or []:
+        if not isinstance(r, dict):
+            continue
+        ips = r.get("images_per_s") if isinstance(r.get("images_per_s"), dict) else {}
+        rows.append([_num(r.get("tile_px")), _num(r.get("batch")), _num(ips.get("medfool")), _num(ips.get("httpx")),
+                     _num(r.get("ratio_medfool_over_httpx"))])
+    return {"date": data.get("date", "?"), "machine": str(data.get("machine", "?")), "server": str(data.get("server", "?")), "rows": rows}
+
+
 def benchmarks_page(folder: Path | None):  # -> Page | None (imported lazily to avoid a cycle)
     if folder is None or not folder.is_dir():
         return None
@@ -121,7 +151,9 @@ def benchmarks_page(folder: Path | None):  # -> Page | None (imported lazily to 
     precision = [_precision_section(n, d) for n, d in _load(folder, "precision-*.json")]
     compiled = [_compile_section(d) for _, d in _load(folder, "compile-*.json")]
     slide_archs = [_slide_archs_section(d) for _, d in _load(folder, "slide-scale-archs-*.json")]
-    if not peers and scale is None and not precision and not compiled and not slide_archs:
+    defended = [_defended_section(d) for _, d in _load(folder, "defended-*.json")]
+    client = [_client_section(d) for _, d in _load(folder, "endpoint-client-*.json")]
+    if not peers and scale is None and not precision and not compiled and not slide_archs and not defended and not client:
         return None
     return Page(URI, "Benchmarks", block(render("benchmarks.html", peers=peers, scale=scale, precision=precision, compiled=compiled,
-                                                slide_archs=slide_archs, charts=set(charts(folder)))))
+                                                slide_archs=slide_archs, defended=defended, client=client, charts=set(charts(folder)))))
