@@ -83,3 +83,37 @@ def test_moea_counts_queries_exactly_and_reports_its_random_control(tiles) -> No
     assert r.extra["pareto_front_size"].min() >= 1
     q = random_search(model, x[:2], y[:2], queries=18)
     assert q.forward_images == r.forward_images
+
+
+def test_the_recorded_utap_transfer_is_todays_pattern() -> None:
+    """benchmarks/results/utap-transfer-cpu.json (``python -m benchmarks.utap_transfer``): the pattern it applied to the
+    ResNet-50 and ViT-S/16 layouts is the one today's UTAP computes on the reference model (sha256, on the recording's
+    kernels; elsewhere the reference model's own fooling within 10 points), and every count is consistent."""
+    import json
+    import re
+    from pathlib import Path
+
+    from benchmarks import utap_transfer
+
+    doc = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/utap-transfer-cpu.json").read_text())
+    assert set(doc["models"]) == {"tilenet", "resnet50", "vit_s16"} and doc["support_tiles"] + doc["scored_tiles"] == 41
+    for name, r in doc["models"].items():
+        for key in ("utap", "random_pattern"):
+            c = r[key]
+            assert c["of"] == r["correct"] <= r["tiles"] == doc["scored_tiles"] and 0 <= c["fooled"] <= c["of"], name
+            assert c["wilson95"][0] <= c["rate"] <= c["wilson95"][1], name
+    threads = torch.get_num_threads()
+    torch.set_num_threads(doc["threads"])
+    try:
+        delta = utap_transfer.pattern(doc["seed"])
+        _, x, y, _ = utap_transfer.split_224()
+        own = utap_transfer.measure(reference_target().model, x, y, delta)
+    finally:
+        torch.set_num_threads(threads)
+    assert float(delta.abs().max()) <= EPS + 1e-6
+    capability = re.search(r"CPU capability (\w+)", doc["machine"])
+    if capability and capability.group(1) == torch.backends.cpu.get_cpu_capability() and torch.__version__ in doc["machine"]:
+        assert utap_transfer.sha256(delta) == doc["pattern_sha256"]
+        assert own == {k: v for k, v in doc["models"]["tilenet"].items() if k != "fitted"}
+    else:
+        assert abs(own["utap"]["rate"] - doc["models"]["tilenet"]["utap"]["rate"]) <= 0.10

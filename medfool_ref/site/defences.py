@@ -156,7 +156,8 @@ def _moved_most(doc: dict[str, Any]) -> dict[str, str] | None:
         return None
     r = max(rows, key=lambda r: abs(r["risk_inherent"] - r["risk_residual"]))
     return {"scenario": str(r.get("scenario")), "inherent": f"{r['risk_inherent']} ({r.get('band_inherent')})",
-            "residual": f"{r['risk_residual']} ({r.get('band_residual')})", "evidence": str(r.get("evidence_residual", ""))}
+            "residual": f"{r['risk_residual']} ({r.get('band_residual')})", "evidence": str(r.get("evidence_residual", "")),
+            "moved": r["risk_inherent"] != r["risk_residual"], "scenarios": len(rows)}
 
 
 def _audit_stale(recorded: Any, ran: list[str], defence: str, fingerprint: Any) -> bool:
