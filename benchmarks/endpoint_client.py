@@ -1,6 +1,6 @@
 """The endpoint client's throughput against a bare HTTP loop, on one local server (``medfool serve``, KServe).
 
-    python -m benchmarks.endpoint_client                    # ~2 min on 2 cores: 64 px tiles, batches of 16
+    python -m benchmarks.endpoint_client                    # ~3 min on 2 quiet cores: 64 and 224 px tiles, batches of 8
     python -m benchmarks.endpoint_client --size 224 --batch 8 --requests 20
 
 Both sides send the same JSON body (the Open Inference Protocol's ``infer`` with FP32 data) to the same server on
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.endpoint_client", description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, action="append", help="tile side in px (default 64 and 224)")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--requests", type=int, default=10, help="requests per round")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=5, help="requests per round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "endpoint-client-cpu.json"))
     args = ap.parse_args(argv)
     rows = [run(s, args.batch, args.requests, args.rounds) for s in args.size or [64, 224]]

@@ -71,3 +71,20 @@ def test_precision_compile_and_slide_sections_are_rendered_and_escaped(tmp_path:
     svgs = charts(tmp_path)
     assert set(svgs) == {"benchmarks/precision-cpu.svg"} and b"&lt;img src=x" in svgs["benchmarks/precision-cpu.svg"]
     assert 'src="benchmarks/precision-cpu.svg"' in page.body
+
+
+def test_the_defended_and_client_benchmarks_render_from_their_committed_files() -> None:
+    """benchmarks/results/defended-cpu.json and endpoint-client-cpu.json appear on the page, every system and size."""
+    folder = ROOT / "benchmarks" / "results"
+    body = benchmarks_page(folder).body
+    defended = json.loads((folder / "defended-cpu.json").read_text())
+    assert 'id="defended-audit"' in body
+    for arch in defended["archs"]:
+        systems = [r["system"] for r in arch["rows"]]
+        assert systems[0] == "undefended" and len(systems) == 11 and arch["rows"][0]["ratio"] == 1.0
+        assert all(r["seconds_per_step"] > 0 for r in arch["rows"])
+    client = json.loads((folder / "endpoint-client-cpu.json").read_text())
+    assert 'id="endpoint-client"' in body and client["rows"]
+    for r in client["rows"]:
+        assert abs(r["ratio_medfool_over_httpx"] - r["images_per_s"]["medfool"] / r["images_per_s"]["httpx"]) < 0.01
+        assert f"<td>{r['ratio_medfool_over_httpx']:.3g}</td>" in body
