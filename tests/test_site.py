@@ -308,7 +308,9 @@ def test_the_defences_measured_page_lists_every_defence_and_the_recorded_runs(bu
         if d.implementation:
             assert linked[d.implementation] == [(f"defences/{d.id}.html", d.name)], d.id
             page = (built_site / "defences" / f"{d.id}.html").read_text(encoding="utf-8")
-            assert 'href="../defences-measured.html#registered"' in page, d.id
+            anchor = f"defended-{d.implementation}" if d.implementation in {"jpeg", "bit-depth", "median", "stain-norm", "resize-pad"} else "registered"
+            assert f'href="../defences-measured.html#{anchor}"' in page, d.id
+            assert f'id="{anchor}"' in text, d.id  # the row or section it links exists
     from sitebuild import ROOT
 
     card = json.loads((ROOT / "docs/results/hardening/card.json").read_text())

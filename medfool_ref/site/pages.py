@@ -251,7 +251,12 @@ def domain_page(c: Catalog, did: str, runs: Sequence[tuple[str, str]] = ()) -> P
 def defence_page(c: Catalog, did: str) -> Page:
     d = c.defences[did]
     here = page_uri("defence", did)
-    measured = Links(c, here).to("defences-measured.md", "how it is attacked, and what was measured", "registered")
+    from ..defences.specs import SPECS as DEFENCES
+
+    impl = DEFENCES.get(d.implementation or "")
+    # an input defence links its recorded defended audit; the others their row of the registry
+    anchor = f"defended-{impl.name}" if impl is not None and impl.kind == "input-restoration" else "registered"
+    measured = Links(c, here).to("defences-measured.md", "how it is attacked, and what was measured", anchor)
     return Page(here, d.name, _html("defence.html", c, here, d=d, measured=measured), tags=("defence",))
 
 
