@@ -1,6 +1,6 @@
 """What a defence costs the audit per attack step: PGD through each registered input defence, against the model alone.
 
-    python -m benchmarks.defended                            # tilenet (16 tiles) and resnet50 (4 tiles): ~4 min on 2 cores
+    python -m benchmarks.defended                            # tilenet (16 tiles) and resnet50 (4 tiles): ~10 min on 2 cores
     python -m benchmarks.defended --arch tilenet --tiles 16 --steps 10 --repeats 3
 
 For every system the same PGD (8/255, ``steps`` steps, every step on every tile: ``early_stop=False``) runs on the
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", action="append", choices=("tilenet", "resnet50", "vit_s16"),
                     help="architectures (default: tilenet and resnet50)")
     ap.add_argument("--tiles", type=int, help="tiles per batch (default 16 for tilenet, 4 for the 224 px backbones)")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up (the median is reported)")
     ap.add_argument("--draws", type=int, default=8, help="EOT draws for resize-pad (default 8, the audit's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "defended-cpu.json"))
