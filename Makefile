@@ -32,9 +32,10 @@ $(RESULTS): $(VENV)/.installed $(wildcard medfool_ref/attacks/*.py medfool_ref/c
 	$(VENV)/bin/medfool results --out build/results
 	touch $@
 
-# the long experiments, committed to docs/results/ with their provenance (about 25 min on 2 cores): the
-# universal patch, one-pixel, fooling images, APGD, BadNets and generative poisoning (8 min), the reference
-# model's audit on the sample tiles (the Audit page) and the whole-slide demo (the Whole slides page); the
+# the long experiments, committed to docs/results/ with their provenance (about 25 min on 2 cores, and about
+# 20 min more per defended audit, resize-pad's longer): the universal patch, one-pixel, fooling images, APGD,
+# BadNets and generative poisoning (8 min), the reference model's audit on the sample tiles (the Audit page), one
+# defended audit per input defence (the Defences measured page) and the whole-slide demo (the Whole slides page); the
 # site marks them stale when the code that made them changes, and tests/test_recorded.py reproduces them
 DEFENDED := jpeg bit-depth median stain-norm resize-pad
 results: $(VENV)/.installed
