@@ -81,8 +81,9 @@ def _in_session(sid: int) -> list[int]:
 
 
 def test_an_audit_on_ray_gives_the_local_report(tiles: Path, tmp_path: Path) -> None:
+    # a small audit (the engines' agreement does not depend on its size): 8 tiles, the validity checks on 2
     args = ["audit", "--data", str(tiles), "--attacks", "fgsm,pgd,apgd-ce,apgd-t", "--budgets", "2,8", "--batch-size", "4",
-            "--set", "apgd-ce.steps=5", "--set", "apgd-t.steps=5"]
+            "--set", "apgd-ce.steps=5", "--set", "apgd-t.steps=5", "--max-tiles", "8", "--validity-tiles", "2"]
     local = subprocess.run([str(EXE), *args, "--out", str(tmp_path / "local")], capture_output=True, text=True)
     on_ray = subprocess.run([str(EXE), *args, "--out", str(tmp_path / "ray"), "--engine", "ray"], capture_output=True, text=True)
     assert local.returncode == 0 and on_ray.returncode == 0, local.stderr + on_ray.stderr
@@ -108,7 +109,7 @@ def _unit_workers() -> list[int]:
 
 def test_a_worker_killed_mid_unit_is_retried_and_nothing_changes(ray_engine, tmp_path: Path) -> None:
     target = reference_target(device="cpu")
-    units = tile_units("pgd", sample_items()[:16], params={"steps": 40, "early_stop": False}, batch_size=2)
+    units = tile_units("pgd", sample_items()[:8], params={"steps": 20, "early_stop": False}, batch_size=2)
     killed: list[int] = []
 
     def killer() -> None:
@@ -126,8 +127,8 @@ def test_a_worker_killed_mid_unit_is_retried_and_nothing_changes(ray_engine, tmp
     run = run_campaign(units, target, store, engine=ray_engine, progress=False)
     thread.join(timeout=5)
     assert killed, "no worker was seen running a unit"
-    assert not run.failures and run.ran == len(units) == 8
-    assert len(store.units()) == 8 and len(store.units(status="failed")) == 0  # every unit exactly once
+    assert not run.failures and run.ran == len(units) == 4
+    assert len(store.units()) == 4 and len(store.units(status="failed")) == 0  # every unit exactly once
     local = ResultsStore(tmp_path / "local")
     run_campaign(units, target, local, progress=False)
     assert _records(store, run.keys) == _records(local, run.keys)
@@ -143,7 +144,7 @@ def test_a_failing_unit_is_reported_and_the_others_complete(ray_engine, tmp_path
 
 def test_a_killed_driver_resumes_on_either_engine(tiles: Path, tmp_path: Path) -> None:
     args = ["audit", "--data", str(tiles), "--attacks", "fgsm,pgd,apgd-ce", "--budgets", "2,8", "--batch-size", "2",
-            "--set", "apgd-ce.steps=10"]
+            "--set", "apgd-ce.steps=10", "--max-tiles", "8", "--validity-tiles", "2"]
     out = tmp_path / "killed"
     child = subprocess.Popen([str(EXE), *args, "--out", str(out), "--engine", "ray"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              start_new_session=True)
