@@ -333,6 +333,9 @@ def test_the_defences_measured_page_lists_every_defence_and_the_recorded_runs(bu
         section = text[text.index(f'href="#defended-{name}"'):]
         assert held["name"] == "held-out" and row in section[:section.index("</tr>", section.index("8/255"))], name
         assert f'id="defended-{name}"' in text
+        body = text[text.index(f'id="defended-{name}"'):]
+        body = body[:min(i for i in (body.find("<h3", 1), body.find("<h2", 1), len(body)) if i > 0)]
+        assert ('class="mf-unreliable"' in body) == bool(doc["unreliable"]), name  # a failed validity check is shown
 
 
 def test_a_defence_run_is_stale_when_its_code_changes(tmp_path: Path, catalog) -> None:
