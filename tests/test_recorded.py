@@ -186,8 +186,8 @@ def test_the_recorded_audit_carries_its_provenance_and_its_quick_rows_reproduce(
         _same(a, rows[a["id"]], f"audit.{a['id']}", exact=exact)
 
 
-# the input defences whose defended audits are committed (`make results`; resize-pad's takes about an hour on 2 cores,
-# every attack step being 8 EOT draws)
+# the input defences whose defended audits are committed (`make results`; resize-pad's took 51 min on 2 cores, every
+# attack step being 8 EOT draws)
 DEFENDED = ("jpeg", "bit-depth", "median", "stain-norm", "resize-pad")
 # BPDA through a smooth stand-in, white-box through a differentiable chain, and EOT over seeded random draws
 DEFENDED_REPRODUCED = ("jpeg", "stain-norm", "resize-pad")
